@@ -1,0 +1,61 @@
+"""RFC 822 `.eml` files through the standard library's `email` package.
+
+Headers only, except when the message may carry a text/calendar part: an EML has no
+class property, and formats.md derives its class from that part's METHOD.
+"""
+
+from __future__ import annotations
+
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+from .. import headers, normalise
+from ..record import Record
+
+
+class EmlError(Exception):
+    """The file is not a readable message; the text says why."""
+
+
+_PARSER = BytesParser(policy=policy.compat32)
+
+
+def read(path: Path, locator: str, folder: str, role: str) -> Record:
+    data = path.read_bytes()
+    return parse(data, locator, folder, role)
+
+
+def parse(data: bytes, locator: str, folder: str, role: str) -> Record:
+    if not data.strip():
+        raise EmlError("empty file")
+    head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    if b":" not in head:
+        raise EmlError("not an RFC 822 message (no header fields)")
+    may_be_calendar = b"text/calendar" in data.lower()
+    message = _PARSER.parsebytes(data, headersonly=not may_be_calendar)
+    if not message.keys():
+        raise EmlError("not an RFC 822 message (no header fields)")
+
+    def get(name: str) -> str | None:
+        value = message.get(name)
+        return str(value) if value is not None else None
+
+    cls = headers.mime_class(message) if may_be_calendar else "IPM.Note"
+    delivery = get("X-Syncengine-Delivery")
+    mid = normalise.message_id(get("Message-ID"))
+    return Record(
+        locator=locator,
+        folder=folder,
+        role=role,
+        message_id=mid,
+        mid_source="mime" if mid else None,
+        submit_ts=normalise.header_date(get("Date")),
+        subject=headers.decoded(get("Subject")),
+        sender=normalise.address(headers.decoded(get("From"))),
+        recipients=normalise.recipients_key(normalise.addresses(
+            [str(v) for v in message.get_all("To", []) + message.get_all("Cc", [])])),
+        resent_key=normalise.resent_key(get("Resent-Message-ID"), get("Resent-Date")),
+        message_class=cls,
+        delivery_tag=delivery.strip() if delivery else None,
+    )

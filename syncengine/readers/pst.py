@@ -1,0 +1,388 @@
+"""PST and OST stores through libpff-python (`pypff`).
+
+Only properties are read, never bodies or attachments. Folder roles follow
+continuity.md: the store's entry ids, then the Inbox's and root's, then names.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pypff
+
+from .. import folders, headers, normalise
+from ..record import ReadError, Record, SourceResult
+
+DELIVERY_HEADER = "x-syncengine-delivery"
+
+# MAPI property tags (ids only: pypff matches entries by id).
+PR_MESSAGE_CLASS = 0x001A
+PR_SUBJECT = 0x0037
+PR_CLIENT_SUBMIT_TIME = 0x0039
+PR_SENT_REPRESENTING_EMAIL = 0x0065
+PR_TRANSPORT_HEADERS = 0x007D
+PR_SENDER_ADDRTYPE = 0x0C1E
+PR_SENDER_EMAIL = 0x0C1F
+PR_RECIPIENT_TYPE = 0x0C15
+PR_INTERNET_MESSAGE_ID = 0x1035
+PR_ADDRTYPE = 0x3002
+PR_EMAIL_ADDRESS = 0x3003
+PR_SMTP_ADDRESS = 0x39FE
+PR_SENDER_SMTP = 0x5D01
+PR_SENT_REPRESENTING_SMTP = 0x5D02
+PR_IPM_SUBTREE_ENTRYID = 0x35E0
+STORE_ROLE_ENTRYIDS = {0x35E2: "outbox", 0x35E3: "deleted", 0x35E4: "sent"}
+FOLDER_ROLE_ENTRYIDS = {0x36D0: "calendar", 0x36D7: "drafts"}
+PR_ADDITIONAL_REN_ENTRYIDS = 0x36D8
+
+NID_TYPE_SEARCH_FOLDER = 0x03
+FILETIME_EPOCH = 116444736000000000  # 1970-01-01 in 100 ns ticks since 1601
+
+
+def open_store(path: Path) -> pypff.file:
+    _check_header(path)
+    store = pypff.file()
+    try:
+        store.open(str(path))
+    except (OSError, IOError) as exc:
+        raise StoreError(libpff_reason(exc)) from None
+    return store
+
+
+class StoreError(Exception):
+    """The file as a whole is not a readable PST/OST."""
+
+
+HEADER_SIZE = 512  # the smallest PST header (ANSI); Unicode headers are larger
+
+
+def _check_header(path: Path) -> None:
+    """Say plainly what libpff reports as 'unable to read file header data'."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_SIZE)
+    if head[:4] != b"!BDN":
+        raise StoreError("not a PST/OST file (no !BDN signature)")
+    if len(head) < HEADER_SIZE:
+        raise StoreError(f"truncated: only {len(head)} bytes, a PST header needs {HEADER_SIZE}")
+
+
+def libpff_reason(exc: BaseException) -> str:
+    """libpff errors are chains `pypff_call: text. innermost: text. ... outermost: text.`;
+    the innermost libpff text (second segment) is the cause."""
+    parts = [p.strip() for p in re.split(r"\.\s+(?=\w+:)", str(exc)) if p.strip()]
+    cause = parts[1] if len(parts) > 1 else (parts[0] if parts else "")
+    return re.sub(r"^\w+:\s*", "", cause).rstrip(".") or type(exc).__name__
+
+
+def count_messages(path: Path) -> int:
+    """Messages in mailbox folders from folder counts alone, for the progress bar."""
+    try:
+        store = open_store(path)
+    except StoreError:
+        return 0
+    try:
+        return sum(f.number_of_sub_messages for f, _, _ in _mailbox_folders(store))
+    except Exception:  # a broken tree is reported by the real walk
+        return 0
+    finally:
+        store.close()
+
+
+def read(path: Path, result: SourceResult) -> Iterator[Record]:
+    """Yield a record per message in the store's mailbox folders.
+
+    Per-item failures are appended to `result.errors`; a store that cannot be opened
+    sets `result.fatal`. Items outside the IPM subtree are counted in `result.skipped`.
+    """
+    try:
+        store = open_store(path)
+    except StoreError as exc:
+        result.fatal = True
+        result.errors.append(ReadError(str(path), str(exc)))
+        return
+    try:
+        yield from _walk(store, result)
+    finally:
+        store.close()
+
+
+def _walk(store: pypff.file, result: SourceResult) -> Iterator[Record]:
+    named_delivery = _named_property_ids(store, DELIVERY_HEADER)
+    mailbox = list(_mailbox_folders(store, result))
+    inside = {f.identifier for f, _, _ in mailbox}
+    result.skipped = _count_outside(store.root_folder, inside)
+    for folder, path, role in mailbox:
+        for index in range(folder.number_of_sub_messages):
+            where = f"{path or '/'}#{index}"
+            try:
+                item = folder.get_sub_message(index)
+                yield _record(item, path, role, named_delivery)
+            except Exception as exc:  # libpff raises OSError/IOError; bad data may raise others
+                result.errors.append(ReadError(where, libpff_reason(exc)))
+
+
+def _count_outside(root, inside: set[int]) -> int:
+    count = 0
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        if folder.identifier not in inside:
+            count += folder.number_of_sub_messages
+        stack.extend(folder.sub_folders)
+    return count
+
+
+def _mailbox_folders(store: pypff.file, result: SourceResult | None = None):
+    """(folder, path relative to the IPM subtree, role) for each mailbox folder."""
+    root = store.root_folder
+    by_nid: dict[int, object] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        by_nid[folder.identifier] = folder
+        stack.extend(folder.sub_folders)
+
+    store_props = _record_set(store.message_store)
+    ipm = by_nid.get(_entryid_nid(store_props, PR_IPM_SUBTREE_ENTRYID)) or _ipm_by_name(root)
+    if ipm is None:
+        if result is not None:
+            result.errors.append(ReadError("/", "no IPM subtree: the store has no mailbox folders"))
+        return
+
+    roles: dict[int, str] = {}
+    for tag, role in STORE_ROLE_ENTRYIDS.items():
+        nid = _entryid_nid(store_props, tag)
+        if nid is not None:
+            roles.setdefault(nid, role)
+
+    top = list(ipm.sub_folders)
+    inbox = _find_inbox(top)
+    for holder in (inbox, _mailbox_root(root, ipm)):
+        if holder is None:
+            continue
+        props = _record_set(holder)
+        for tag, role in FOLDER_ROLE_ENTRYIDS.items():
+            nid = _entryid_nid(props, tag)
+            if nid is not None:
+                roles.setdefault(nid, role)
+        for index, nid in enumerate(_multi_entryid_nids(props, PR_ADDITIONAL_REN_ENTRYIDS)):
+            if index < len(folders.ADDITIONAL_REN_ROLES) and nid is not None:
+                roles.setdefault(nid, folders.ADDITIONAL_REN_ROLES[index])
+    if inbox is not None:
+        roles.setdefault(inbox.identifier, "inbox")
+
+    def visit(folder, path: str, parent_role: str | None):
+        name = folder.name or ""
+        own = roles.get(folder.identifier)
+        if own is None:
+            if folder.identifier & 0x1F == NID_TYPE_SEARCH_FOLDER:
+                own = "search"
+            elif parent_role is None:
+                own = folders.role_from_name(name)
+            elif parent_role == "sync":
+                own = "sync"
+            else:
+                own = "other"
+        yield folder, path, own
+        for child in folder.sub_folders:
+            child_path = f"{path}/{child.name or ''}" if path else (child.name or "")
+            yield from visit(child, child_path, own)
+
+    for child in top:
+        yield from visit(child, child.name or "", None)
+
+
+def _ipm_by_name(root):
+    """An OST keeps its mailbox under `Root - Mailbox/IPM_SUBTREE`; `Root - Public` is not ours."""
+    for child in root.sub_folders:
+        if (child.name or "").casefold() == "root - public":
+            continue
+        for grandchild in child.sub_folders:
+            if (grandchild.name or "").upper() == "IPM_SUBTREE":
+                return grandchild
+    return None
+
+
+def _mailbox_root(root, ipm):
+    """The folder that holds the IPM subtree (`Root - Mailbox` in an OST, the store root in a PST)."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        children = list(folder.sub_folders)
+        if any(c.identifier == ipm.identifier for c in children):
+            return folder
+        stack.extend(children)
+    return None
+
+
+def _find_inbox(top: list):
+    """The Inbox by name, else the top-level folder that carries the Inbox's entry ids."""
+    for folder in top:
+        if folders.role_from_name(folder.name or "") == "inbox":
+            return folder
+    for folder in top:
+        props = _record_set(folder)
+        if props is not None and props.get_entry_by_type(0x36D0) is not None:
+            return folder
+    return None
+
+
+def _record_set(item):
+    try:
+        return item.get_record_set(0) if item is not None and item.number_of_record_sets else None
+    except OSError:
+        return None
+
+
+def _entryid_nid(props, tag: int) -> int | None:
+    """A PST short-term entry id ends in the node id; an OST long-term id does not map."""
+    if props is None:
+        return None
+    entry = props.get_entry_by_type(tag)
+    data = entry.data if entry is not None else None
+    if not data or len(data) != 24:
+        return None
+    return struct.unpack_from("<I", data, 20)[0]
+
+
+def _multi_entryid_nids(props, tag: int) -> list[int | None]:
+    if props is None:
+        return []
+    entry = props.get_entry_by_type(tag)
+    data = entry.data if entry is not None else None
+    if not data or len(data) < 4:
+        return []
+    count = struct.unpack_from("<I", data, 0)[0]
+    if count > 64 or 4 + 4 * count > len(data):
+        return []
+    offsets = list(struct.unpack_from(f"<{count}I", data, 4)) + [len(data)]
+    nids: list[int | None] = []
+    for start, end in zip(offsets, offsets[1:]):
+        value = data[start:end]
+        nids.append(struct.unpack_from("<I", value, 20)[0] if len(value) == 24 else None)
+    return nids
+
+
+def _named_property_ids(store: pypff.file, name: str) -> tuple[int, ...]:
+    """Property ids that the store's name-to-id map gives the string name `name`.
+
+    The map's entry stream (0x0003) holds 8-byte NAMEID records; those with the N bit
+    set point into the string stream (0x0004) at a 4-byte length and UTF-16LE text.
+    """
+    try:
+        props = _record_set(store.name_to_id_map)
+    except OSError:
+        return ()
+    if props is None:
+        return ()
+    entries = props.get_entry_by_type(0x0003)
+    strings = props.get_entry_by_type(0x0004)
+    if entries is None or strings is None or not entries.data or not strings.data:
+        return ()
+    entry_data, string_data = entries.data, strings.data
+    found = []
+    for offset in range(0, len(entry_data) - 7, 8):
+        value, guid_and_kind, index = struct.unpack_from("<IHH", entry_data, offset)
+        if not guid_and_kind & 1 or value + 4 > len(string_data):
+            continue
+        length = struct.unpack_from("<I", string_data, value)[0]
+        text = string_data[value + 4: value + 4 + length].decode("utf-16-le", "replace")
+        if text.casefold() == name:
+            found.append(0x8000 + index)
+    return tuple(found)
+
+
+def _subject(props) -> str:
+    """PR_SUBJECT in a store may start with 0x01 and a prefix length: two marker characters."""
+    value = _text(props, PR_SUBJECT) or ""
+    return value[2:] if value.startswith("\x01") else value
+
+
+def _text(props, tag: int) -> str | None:
+    entry = props.get_entry_by_type(tag)
+    if entry is None:
+        return None
+    try:
+        value = entry.data_as_string
+    except (OSError, IOError):
+        return None
+    return value.rstrip("\x00") if value else None
+
+
+def _record(item, folder: str, role: str, named_delivery: tuple[int, ...]) -> Record:
+    props = item.get_record_set(0)
+    transport = _text(props, PR_TRANSPORT_HEADERS)
+    picked = headers.pick(transport)
+
+    raw_mid = _text(props, PR_INTERNET_MESSAGE_ID)
+    mid_source = "mapi" if normalise.message_id(raw_mid) else None
+    if mid_source is None:
+        raw_mid = headers.first(picked, "message-id")
+        mid_source = "headers" if normalise.message_id(raw_mid) else None
+
+    submit = props.get_entry_by_type(PR_CLIENT_SUBMIT_TIME)
+    submit_ts = None
+    if submit is not None:
+        ticks = submit.data_as_integer
+        if ticks:
+            submit_ts = (ticks - FILETIME_EPOCH) // 10_000_000
+    if submit_ts is None:
+        submit_ts = normalise.header_date(headers.first(picked, "date"))
+
+    delivery = headers.first(picked, DELIVERY_HEADER)
+    for tag in named_delivery:
+        delivery = delivery or _text(props, tag)
+
+    return Record(
+        locator=str(item.identifier),
+        folder=folder,
+        role=role,
+        message_id=normalise.message_id(raw_mid),
+        mid_source=mid_source,
+        submit_ts=submit_ts,
+        subject=_subject(props),
+        sender=_sender(props, picked),
+        recipients=normalise.recipients_key(_recipients(item, picked)),
+        resent_key=normalise.resent_key(headers.first(picked, "resent-message-id"),
+                                        headers.first(picked, "resent-date")),
+        message_class=_text(props, PR_MESSAGE_CLASS),
+        delivery_tag=delivery.strip() if delivery else None,
+    )
+
+
+def _sender(props, picked: dict[str, list[str]]) -> str | None:
+    for tag in (PR_SENDER_SMTP, PR_SENT_REPRESENTING_SMTP):
+        value = normalise.address(_text(props, tag))
+        if value:
+            return value
+    from_header = normalise.address(headers.first(picked, "from"))
+    if from_header:
+        return from_header
+    if (_text(props, PR_SENDER_ADDRTYPE) or "").upper() == "SMTP":
+        return normalise.address(_text(props, PR_SENDER_EMAIL))
+    return normalise.address(_text(props, PR_SENDER_EMAIL) or _text(props, PR_SENT_REPRESENTING_EMAIL))
+
+
+def _recipients(item, picked: dict[str, list[str]]) -> list[str]:
+    found: list[str] = []
+    try:
+        table = item.recipients
+        sets = table.record_sets if table is not None else []
+    except (OSError, IOError):
+        sets = []
+    for props in sets:
+        kind = props.get_entry_by_type(PR_RECIPIENT_TYPE)
+        if kind is None or (kind.data_as_integer & 0x0F) not in (1, 2):  # To, Cc
+            continue
+        addr = _text(props, PR_SMTP_ADDRESS)
+        if not addr:
+            addr = _text(props, PR_EMAIL_ADDRESS)
+        norm = normalise.address(addr)
+        if norm:
+            found.append(norm)
+    if not found:
+        found = normalise.addresses(picked.get("to", []) + picked.get("cc", []))
+    return found
