@@ -103,8 +103,14 @@ def read(path: Path, result: SourceResult) -> Iterator[Record]:
         result.fatal = True
         result.errors.append(ReadError(str(path), str(exc)))
         return
+    except OSError as exc:
+        result.fatal = True
+        result.errors.append(ReadError(str(path), f"cannot read: {exc.strerror or exc}"))
+        return
     try:
         yield from _walk(store, result)
+    except Exception as exc:  # a folder tree broken past the per-item checks
+        result.errors.append(ReadError(str(path), f"walk stopped: {libpff_reason(exc)}"))
     finally:
         store.close()
 
