@@ -197,6 +197,8 @@ def _mailbox_folders(store: pypff.file, result: SourceResult | None = None):
             child_path = f"{path}/{child.name or ''}" if path else (child.name or "")
             yield from visit(child, child_path, own)
 
+    # Some writers put mail straight into the IPM subtree's own folder.
+    yield ipm, "", "other"
     for child in top:
         yield from visit(child, child.name or "", None)
 
