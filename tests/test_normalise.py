@@ -1,0 +1,67 @@
+"""Normalisation of the identity fields (C4, C5, C7), as examples and as properties."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncengine import normalise
+
+ids = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc"), blacklist_characters="<>"),
+              min_size=1, max_size=40)
+space = st.text(alphabet=" \t\r\n", max_size=3)
+
+
+def test_c4_message_id_strips_brackets_and_space():
+    assert normalise.message_id("  <abc@mail.example>\r\n") == "abc@mail.example"
+    assert normalise.message_id("abc@mail.example") == "abc@mail.example"
+    assert normalise.message_id("<>") is None
+    assert normalise.message_id("") is None and normalise.message_id(None) is None
+
+
+def test_c4_message_id_is_compared_exactly_not_case_folded():
+    assert normalise.message_id("<ABC@x>") != normalise.message_id("<abc@x>")
+
+
+@given(ids, space, space)
+def test_c4_message_id_bracketed_and_bare_forms_agree(mid, before, after):
+    assert normalise.message_id(f"{before}<{mid}>{after}") == normalise.message_id(mid)
+
+
+@given(ids)
+def test_c4_message_id_normalisation_is_idempotent(mid):
+    once = normalise.message_id(f"<{mid}>")
+    assert normalise.message_id(once) == once
+    assert normalise.message_id(normalise.display_message_id(once)) == once
+
+
+def test_c5_subject_folds_case_and_collapses_space_but_keeps_prefixes():
+    assert normalise.subject("  RE:   Quarterly\tNumbers ") == "re: quarterly numbers"
+    assert normalise.subject("Fwd: x") != normalise.subject("x")
+
+
+@given(st.text(max_size=60))
+def test_c5_subject_normalisation_is_idempotent(text):
+    once = normalise.subject(text)
+    assert normalise.subject(once) == once
+    assert "  " not in once and once == once.strip()
+
+
+@given(st.text(max_size=30), st.text(alphabet=" \t\n", min_size=1, max_size=4))
+def test_c5_subject_ignores_case_and_white_space_runs(text, gap):
+    words = text.split()
+    assert normalise.subject(gap.join(words).upper()) == normalise.subject(" ".join(words).lower())
+
+
+def test_address_drops_display_name_and_case():
+    assert normalise.address('"Bob B" <Bob@Example.ORG> ') == "bob@example.org"
+    assert normalise.addresses(["A <a@x.io>, b@Y.io", "c@z.io"]) == ["a@x.io", "b@y.io", "c@z.io"]
+
+
+def test_c7_resent_key_prefers_resent_message_id_then_date():
+    assert normalise.resent_key("<r1@x>", "Mon, 02 Mar 2026 07:30:00 +0000") == "id:r1@x"
+    assert normalise.resent_key(None, "Mon, 02 Mar 2026 07:30:00 +0000") == "date:1772436600"
+    assert normalise.resent_key(None, None) is None
+
+
+def test_times_accept_z_and_mimecast_offsets():
+    assert normalise.parse_iso("2026-11-28T09:00:00Z") == normalise.parse_iso("2026-11-28T09:00:00+0000")
+    assert normalise.iso(normalise.epoch(normalise.parse_iso("2026-11-28T10:00:00+0100"))) == "2026-11-28T09:00:00Z"
