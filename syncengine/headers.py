@@ -13,22 +13,28 @@ from email.message import Message
 WANTED = ("message-id", "date", "from", "to", "cc", "resent-message-id", "resent-date",
           "x-syncengine-delivery")
 
-_FIELD = re.compile(r"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
+_FIELD = re.compile(r"^(" + "|".join(re.escape(n) for n in WANTED) + r")[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+                    re.MULTILINE | re.IGNORECASE)
+_FOLD = re.compile(r"\r?\n[ \t]+")
+_BLANK_LINE = re.compile(r"\r?\n\r?\n")
 
 
-def pick(block: str | None, wanted: tuple[str, ...] = WANTED) -> dict[str, list[str]]:
-    """The values of `wanted` headers (lower-case names) in a header block, unfolded."""
+def pick(block: str | None) -> dict[str, list[str]]:
+    """The values of the WANTED headers (lower-case names) in a header block, unfolded.
+
+    The pattern names the wanted fields, so the regex engine skips every other line
+    without a Python-level test: transport headers run to dozens of Received lines."""
     found: dict[str, list[str]] = {}
     if not block:
         return found
-    end = re.search(r"\r?\n\r?\n", block)
+    end = _BLANK_LINE.search(block)
     if end:
         block = block[: end.start()]
     for match in _FIELD.finditer(block):
-        name = match.group(1).lower()
-        if name in wanted:
-            value = re.sub(r"\r?\n[ \t]+", " ", match.group(2)).strip()
-            found.setdefault(name, []).append(value)
+        value = match.group(2)
+        if "\n" in value:
+            value = _FOLD.sub(" ", value)
+        found.setdefault(match.group(1).lower(), []).append(value.strip())
     return found
 
 

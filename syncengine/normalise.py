@@ -53,7 +53,10 @@ def address(raw: str | None) -> str | None:
         return None
     if "@" not in raw:  # an Exchange DN (EX address type) has spaces; keep it whole
         return raw.strip().lower() or None
-    _, addr = parseaddr(raw.strip())
+    plain = raw.strip()
+    if not any(c in plain for c in ' <>"(),;:'):  # a bare address: parseaddr is slow
+        return plain.lower()
+    _, addr = parseaddr(plain)
     addr = (addr or raw).strip().strip("<>").strip().lower()
     return addr or None
 

@@ -139,8 +139,11 @@ def _sender(msg, picked: dict[str, list[str]]) -> str | None:
 
 
 def _recipients(msg, picked: dict[str, list[str]]) -> list[str]:
-    """To and Cc from the recipient storages: type 0x0C15 sits in each one's property
+    """To and Cc: from the transport headers when there are some (as for PST items),
+    else from the recipient storages, where type 0x0C15 sits in each one's property
     stream (8-byte header, then 16-byte entries of tag, flags, value)."""
+    if picked:  # the headers describe the internet message, Bcc-only mail included
+        return normalise.addresses(picked.get("to", []) + picked.get("cc", []))
     found: list[str] = []
     storages = {entry[0] for entry in msg.listDir(streams=False, storages=True)
                 if entry[0].lower().startswith("__recip_version1.0_")}
@@ -158,6 +161,4 @@ def _recipients(msg, picked: dict[str, list[str]]) -> list[str]:
         norm = normalise.address(addr.rstrip("\x00") if addr else None)
         if norm:
             found.append(norm)
-    if not found:
-        found = normalise.addresses(picked.get("to", []) + picked.get("cc", []))
     return found

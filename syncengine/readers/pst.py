@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pypff
@@ -81,10 +82,10 @@ def count_messages(path: Path) -> int:
     """Messages in mailbox folders from folder counts alone, for the progress bar."""
     try:
         store = open_store(path)
-    except StoreError:
+    except (StoreError, OSError):
         return 0
     try:
-        return sum(f.number_of_sub_messages for f, _, _ in _mailbox_folders(store))
+        return sum(node.count for node, _, _ in _mailbox_folders(store, _tree(store.root_folder)))
     except Exception:  # a broken tree is reported by the real walk
         return 0
     finally:
@@ -115,44 +116,56 @@ def read(path: Path, result: SourceResult) -> Iterator[Record]:
         store.close()
 
 
+@dataclass(slots=True)
+class _Node:
+    folder: object
+    nid: int
+    count: int
+    children: list[int]
+    _name: str | None = None
+
+    @property
+    def name(self) -> str:
+        # libpff decodes names on each access, and most folders' names are never needed.
+        if self._name is None:
+            self._name = self.folder.name or ""
+        return self._name
+
+
+def _tree(root) -> dict[int, _Node]:
+    """Every folder once: pypff builds new objects on each `sub_folders` access."""
+    nodes: dict[int, _Node] = {}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        children = list(folder.sub_folders)
+        nodes[folder.identifier] = _Node(folder, folder.identifier, folder.number_of_sub_messages,
+                                         [c.identifier for c in children])
+        stack.extend(children)
+    return nodes
+
+
 def _walk(store: pypff.file, result: SourceResult) -> Iterator[Record]:
     named_delivery = _named_property_ids(store, DELIVERY_HEADER)
-    mailbox = list(_mailbox_folders(store, result))
-    inside = {f.identifier for f, _, _ in mailbox}
-    result.skipped = _count_outside(store.root_folder, inside)
-    for folder, path, role in mailbox:
-        for index in range(folder.number_of_sub_messages):
+    tree = _tree(store.root_folder)
+    mailbox = list(_mailbox_folders(store, tree, result))
+    inside = {node.nid for node, _, _ in mailbox}
+    result.skipped = sum(node.count for nid, node in tree.items() if nid not in inside)
+    for node, path, role in mailbox:
+        for index in range(node.count):
             where = f"{path or '/'}#{index}"
             try:
-                item = folder.get_sub_message(index)
+                item = node.folder.get_sub_message(index)
                 yield _record(item, path, role, named_delivery)
             except Exception as exc:  # libpff raises OSError/IOError; bad data may raise others
                 result.errors.append(ReadError(where, libpff_reason(exc)))
 
 
-def _count_outside(root, inside: set[int]) -> int:
-    count = 0
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        if folder.identifier not in inside:
-            count += folder.number_of_sub_messages
-        stack.extend(folder.sub_folders)
-    return count
-
-
-def _mailbox_folders(store: pypff.file, result: SourceResult | None = None):
-    """(folder, path relative to the IPM subtree, role) for each mailbox folder."""
-    root = store.root_folder
-    by_nid: dict[int, object] = {}
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        by_nid[folder.identifier] = folder
-        stack.extend(folder.sub_folders)
-
+def _mailbox_folders(store: pypff.file, tree: dict[int, _Node], result: SourceResult | None = None):
+    """(node, path relative to the IPM subtree, role) for each mailbox folder."""
+    root = tree[store.root_folder.identifier]
     store_props = _record_set(store.message_store)
-    ipm = by_nid.get(_entryid_nid(store_props, PR_IPM_SUBTREE_ENTRYID)) or _ipm_by_name(root)
+    ipm = tree.get(_entryid_nid(store_props, PR_IPM_SUBTREE_ENTRYID)) or _ipm_by_name(tree, root)
     if ipm is None:
         if result is not None:
             result.errors.append(ReadError("/", "no IPM subtree: the store has no mailbox folders"))
@@ -164,12 +177,13 @@ def _mailbox_folders(store: pypff.file, result: SourceResult | None = None):
         if nid is not None:
             roles.setdefault(nid, role)
 
-    top = list(ipm.sub_folders)
+    top = [tree[nid] for nid in ipm.children]
     inbox = _find_inbox(top)
-    for holder in (inbox, _mailbox_root(root, ipm)):
+    holder_of_ipm = next((n for n in tree.values() if ipm.nid in n.children), None)
+    for holder in (inbox, holder_of_ipm):
         if holder is None:
             continue
-        props = _record_set(holder)
+        props = _record_set(holder.folder)
         for tag, role in FOLDER_ROLE_ENTRYIDS.items():
             nid = _entryid_nid(props, tag)
             if nid is not None:
@@ -178,63 +192,50 @@ def _mailbox_folders(store: pypff.file, result: SourceResult | None = None):
             if index < len(folders.ADDITIONAL_REN_ROLES) and nid is not None:
                 roles.setdefault(nid, folders.ADDITIONAL_REN_ROLES[index])
     if inbox is not None:
-        roles.setdefault(inbox.identifier, "inbox")
+        roles.setdefault(inbox.nid, "inbox")
 
-    def visit(folder, path: str, parent_role: str | None):
-        name = folder.name or ""
-        own = roles.get(folder.identifier)
+    def visit(node: _Node, path: str, parent_role: str | None):
+        own = roles.get(node.nid)
         if own is None:
-            if folder.identifier & 0x1F == NID_TYPE_SEARCH_FOLDER:
+            if node.nid & 0x1F == NID_TYPE_SEARCH_FOLDER:
                 own = "search"
             elif parent_role is None:
-                own = folders.role_from_name(name)
+                own = folders.role_from_name(node.name)
             elif parent_role == "sync":
                 own = "sync"
             else:
                 own = "other"
-        yield folder, path, own
-        for child in folder.sub_folders:
-            child_path = f"{path}/{child.name or ''}" if path else (child.name or "")
-            yield from visit(child, child_path, own)
+        yield node, path, own
+        for nid in node.children:
+            child = tree[nid]
+            yield from visit(child, f"{path}/{child.name}" if path else child.name, own)
 
     # Some writers put mail straight into the IPM subtree's own folder.
     yield ipm, "", "other"
-    for child in top:
-        yield from visit(child, child.name or "", None)
+    for node in top:
+        yield from visit(node, node.name, None)
 
 
-def _ipm_by_name(root):
+def _ipm_by_name(tree: dict[int, _Node], root: _Node) -> _Node | None:
     """An OST keeps its mailbox under `Root - Mailbox/IPM_SUBTREE`; `Root - Public` is not ours."""
-    for child in root.sub_folders:
-        if (child.name or "").casefold() == "root - public":
+    for child in (tree[nid] for nid in root.children):
+        if child.name.casefold() == "root - public":
             continue
-        for grandchild in child.sub_folders:
-            if (grandchild.name or "").upper() == "IPM_SUBTREE":
+        for grandchild in (tree[nid] for nid in child.children):
+            if grandchild.name.upper() == "IPM_SUBTREE":
                 return grandchild
     return None
 
 
-def _mailbox_root(root, ipm):
-    """The folder that holds the IPM subtree (`Root - Mailbox` in an OST, the store root in a PST)."""
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        children = list(folder.sub_folders)
-        if any(c.identifier == ipm.identifier for c in children):
-            return folder
-        stack.extend(children)
-    return None
-
-
-def _find_inbox(top: list):
+def _find_inbox(top: list[_Node]) -> _Node | None:
     """The Inbox by name, else the top-level folder that carries the Inbox's entry ids."""
-    for folder in top:
-        if folders.role_from_name(folder.name or "") == "inbox":
-            return folder
-    for folder in top:
-        props = _record_set(folder)
+    for node in top:
+        if folders.role_from_name(node.name) == "inbox":
+            return node
+    for node in top:
+        props = _record_set(node.folder)
         if props is not None and props.get_entry_by_type(0x36D0) is not None:
-            return folder
+            return node
     return None
 
 
@@ -291,6 +292,8 @@ def _named_property_ids(store: pypff.file, name: str) -> tuple[int, ...]:
     if entries is None or strings is None or not entries.data or not strings.data:
         return ()
     entry_data, string_data = entries.data, strings.data
+    if name.encode("utf-16-le") not in string_data.lower():
+        return ()
     found = []
     for offset in range(0, len(entry_data) - 7, 8):
         value, guid_and_kind, index = struct.unpack_from("<IHH", entry_data, offset)
@@ -375,22 +378,22 @@ def _sender(props, picked: dict[str, list[str]]) -> str | None:
 
 
 def _recipients(item, picked: dict[str, list[str]]) -> list[str]:
+    """To and Cc: from the transport headers when the item has them (the SMTP addresses
+    Mimecast also reports), else from the recipient table (unsent and internal mail)."""
+    if picked:  # the headers describe the internet message, Bcc-only mail included
+        return normalise.addresses(picked.get("to", []) + picked.get("cc", []))
     found: list[str] = []
     try:
-        table = item.recipients
+        # Items that are not messages (free/busy data) come as plain pypff.item.
+        table = getattr(item, "recipients", None)
         sets = table.record_sets if table is not None else []
-    except (OSError, IOError):
+    except OSError:
         sets = []
     for props in sets:
         kind = props.get_entry_by_type(PR_RECIPIENT_TYPE)
         if kind is None or (kind.data_as_integer & 0x0F) not in (1, 2):  # To, Cc
             continue
-        addr = _text(props, PR_SMTP_ADDRESS)
-        if not addr:
-            addr = _text(props, PR_EMAIL_ADDRESS)
-        norm = normalise.address(addr)
+        norm = normalise.address(_text(props, PR_SMTP_ADDRESS) or _text(props, PR_EMAIL_ADDRESS))
         if norm:
             found.append(norm)
-    if not found:
-        found = normalise.addresses(picked.get("to", []) + picked.get("cc", []))
     return found
