@@ -5,6 +5,7 @@ Browse it with `sqlite-utils` or datasette; every table is documented in its mig
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -79,8 +80,17 @@ def _statements(sql: str) -> list[str]:
     return statements
 
 
+CRASH_ENV = "SYNCENGINE_CRASH_AFTER_COMMITS"
+CRASH_EXIT = 77
+_commits = 0
+
+
 class transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+    Every write of the engine goes through here, which makes it the one place for
+    the crash harness (as in mbsync's tests): with SYNCENGINE_CRASH_AFTER_COMMITS=k
+    the process stops hard, with no clean-up, right after its k-th commit."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
@@ -90,7 +100,12 @@ class transaction:
         return self.conn
 
     def __exit__(self, kind, value, tb) -> None:
-        if kind is None:
-            self.conn.execute("COMMIT")
-        else:
+        global _commits
+        if kind is not None:
             self.conn.execute("ROLLBACK")
+            return
+        self.conn.execute("COMMIT")
+        _commits += 1
+        limit = os.environ.get(CRASH_ENV)
+        if limit and _commits >= int(limit):
+            os._exit(CRASH_EXIT)

@@ -1,0 +1,465 @@
+"""The continuity engine: gathers inputs from the store, applies `rules`, and writes
+decisions and their deltas in one transaction per poll (C1, N1).
+
+Every function takes the engine clock `now` (epoch seconds) from its caller: the
+replay passes its virtual clock, the command line and the daemon the wall clock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from . import directory as directory_mod
+from . import formats, normalise, rules, snapshot
+from .store import transaction
+
+
+class EngineError(Exception):
+    """A request the engine refuses; the text says why."""
+
+
+def store_dir(db: sqlite_utils.Database) -> Path:
+    """The folder beside the store file that holds stored content and replay overlays."""
+    name = db.execute("PRAGMA database_list").fetchone()[2]
+    return Path(name + ".d")
+
+
+# --- settings ------------------------------------------------------------------------------
+
+def get_settings(db: sqlite_utils.Database) -> formats.Settings:
+    values = {row[0]: json.loads(row[1]) for row in db.execute("SELECT key, value FROM settings")}
+    return formats.Settings(**values)
+
+
+def set_settings(conn: sqlite3.Connection, settings: formats.Settings) -> None:
+    for key in ("poll_interval", "post_event_window", "calendar_items"):
+        conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(getattr(settings, key))))
+
+
+# --- inputs: snapshots and directory syncs ------------------------------------------------
+
+@dataclass
+class SnapshotResult:
+    path: str
+    pages: int
+    entries: int
+    rejected: list[tuple[str, str]]
+    warnings: list[tuple[str, str]]
+
+
+Journal = Callable[[sqlite3.Connection], None] | None
+
+
+def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Journal = None) -> SnapshotResult:
+    """Make the snapshot at `path` visible at `now`: valid pages are stored with their
+    content, rejected pages are recorded with the reason and nothing of them applies."""
+    loaded = snapshot.load(path)
+    content_dir = store_dir(db) / "content"
+    for row in loaded.entries:
+        if row.content:
+            row.content = snapshot.store_content(row.content, content_dir)
+    with transaction(db.conn) as conn:
+        cursor = conn.execute("INSERT INTO snapshots (path, visible_at, pages, rejected_pages, entries)"
+                              " VALUES (?, ?, ?, ?, ?)",
+                              (str(path), now, loaded.pages, len(loaded.rejected), len(loaded.entries)))
+        snapshot_id = cursor.lastrowid
+        conn.executemany("INSERT INTO snapshot_errors VALUES (?, ?, ?)",
+                         [(snapshot_id, file, reason) for file, reason in loaded.rejected + loaded.warnings])
+        conn.executemany(
+            "INSERT INTO entries (snapshot_id, page, position, entry_id, address, kind, visible_at, message_id,"
+            " header_ts, received_ts, sender, recipients, subject, subject_norm, status, expired, message_class,"
+            " resent_key, content, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(snapshot_id, r.page, r.position, r.entry_id, r.address, r.kind, now, r.message_id, r.header_ts,
+              r.received_ts, r.sender, r.recipients, r.subject, r.subject_norm, r.status, int(r.expired),
+              r.message_class, r.resent_key, r.content, r.fingerprint) for r in loaded.entries])
+        if journal:
+            journal(conn)
+    return SnapshotResult(str(path), loaded.pages, len(loaded.entries), loaded.rejected, loaded.warnings)
+
+
+def add_directory(db: sqlite_utils.Database, path: Path, now: float, journal: Journal = None) -> formats.Directory:
+    """A successful directory sync; the latest one added wins from `now` on (C16)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise formats.FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    parsed, view = directory_mod.load(data, str(path))
+    with transaction(db.conn) as conn:
+        conn.execute("INSERT INTO directory_syncs (path, synced, added_at, body) VALUES (?, ?, ?, ?)",
+                     (str(path), view.synced, now, data))
+        if journal:
+            journal(conn)
+    return parsed
+
+
+def directory_at(conn: sqlite3.Connection, now: float) -> directory_mod.DirectoryView:
+    row = conn.execute("SELECT path, body FROM directory_syncs WHERE added_at <= ? ORDER BY added_at DESC, id DESC"
+                       " LIMIT 1", (now,)).fetchone()
+    return directory_mod.load(row[1], row[0])[1] if row else directory_mod.EMPTY
+
+
+# --- events -------------------------------------------------------------------------------
+
+@dataclass
+class Event:
+    id: int
+    name: str
+    phase: str
+    started_at: float
+    ended_at: float | None
+    last_poll: float
+    expand_lists: bool
+    poll_interval: int
+    post_event_window: int
+    calendar_items: bool
+    mailboxes: list[str] = field(default_factory=list)
+
+    @property
+    def closes_at(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at + self.post_event_window
+
+    def next_poll(self) -> float:
+        return self.last_poll + self.poll_interval
+
+
+def open_events(conn: sqlite3.Connection) -> list[Event]:
+    return [_event(conn, row) for row in conn.execute(
+        "SELECT id, name, phase, started_at, ended_at, last_poll, expand_lists, poll_interval,"
+        " post_event_window, calendar_items FROM events WHERE phase != 'closed' ORDER BY id")]
+
+
+def _event(conn: sqlite3.Connection, row) -> Event:
+    event = Event(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8], bool(row[9]))
+    event.mailboxes = [r[0] for r in conn.execute(
+        "SELECT mailbox FROM event_mailboxes WHERE event = ? ORDER BY mailbox", (event.id,))]
+    return event
+
+
+def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expand_lists: bool,
+                now: float, journal: Journal = None) -> list[dict]:
+    """C1, C3: create the event and reconcile each mailbox, in one transaction."""
+    settings = get_settings(db)
+    with transaction(db.conn) as conn:
+        view = directory_at(conn, now)
+        wanted = sorted({view.primary(m) for m in mailboxes})
+        if not wanted:
+            raise EngineError("an event needs at least one mailbox")
+        if conn.execute("SELECT 1 FROM events WHERE name = ?", (name,)).fetchone():
+            raise EngineError(f"event {name!r} already exists")
+        for mailbox in wanted:
+            busy = conn.execute("SELECT e.name FROM events e JOIN event_mailboxes m ON m.event = e.id"
+                                " WHERE m.mailbox = ? AND e.phase != 'closed'", (mailbox,)).fetchone()
+            if busy:
+                raise EngineError(f"mailbox {mailbox} is already in open event {busy[0]!r}")
+        cursor = conn.execute(
+            "INSERT INTO events (name, phase, started_at, last_poll, expand_lists, poll_interval,"
+            " post_event_window, calendar_items) VALUES (?, 'reconciling', ?, ?, ?, ?, ?, ?)",
+            (name, now, now, int(expand_lists), settings.poll_interval, settings.post_event_window,
+             int(settings.calendar_items)))
+        conn.executemany("INSERT INTO event_mailboxes VALUES (?, ?)", [(cursor.lastrowid, m) for m in wanted])
+        event = _event(conn, conn.execute(
+            "SELECT id, name, phase, started_at, ended_at, last_poll, expand_lists, poll_interval,"
+            " post_event_window, calendar_items FROM events WHERE id = ?", (cursor.lastrowid,)).fetchone())
+        written = _decide(conn, event, now, view)
+        conn.execute("UPDATE events SET phase = 'active' WHERE id = ?", (event.id,))
+        if journal:
+            journal(conn)
+    return written
+
+
+def end_event(db: sqlite_utils.Database, name: str, now: float, journal: Journal = None) -> None:
+    """C14: Exchange is back; the post-event window starts."""
+    with transaction(db.conn) as conn:
+        row = conn.execute("SELECT phase FROM events WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise EngineError(f"no event {name!r}")
+        if row[0] != "active":
+            raise EngineError(f"event {name!r} is {row[0]}, not active")
+        conn.execute("UPDATE events SET phase = 'ending', ended_at = ? WHERE name = ?", (now, name))
+        if journal:
+            journal(conn)
+
+
+def poll(db: sqlite_utils.Database, now: float, events: list[str] | None = None) -> list[dict]:
+    """One poll of every open event (or of `events`): decide, write, close what is due."""
+    with transaction(db.conn) as conn:
+        view = directory_at(conn, now)
+        written = []
+        for event in open_events(conn):
+            if events is not None and event.name not in events:
+                continue
+            written.extend(_decide(conn, event, now, view))
+            conn.execute("UPDATE events SET last_poll = ? WHERE id = ?", (now, event.id))
+            if event.phase == "ending" and now >= event.closes_at:
+                _close(conn, event, now)
+    return written
+
+
+def due_events(db: sqlite_utils.Database, now: float) -> list[str]:
+    """Events whose poll schedule (every poll_interval from the start, C8) includes `now`."""
+    return [e.name for e in open_events(db.conn)
+            if now > e.last_poll and (now - e.started_at) % e.poll_interval == 0]
+
+
+# --- deciding -------------------------------------------------------------------------------
+
+def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> list[dict]:
+    deltas: list[dict] = []
+    for mailbox in event.mailboxes:
+        if event.phase in ("reconciling", "active"):
+            deltas.extend(_decide_entries(conn, event, mailbox, now, view))
+            deltas.extend(_decide_outbox(conn, event, mailbox, now))
+        if event.phase in ("active", "ending"):
+            deltas.extend(_decide_purges(conn, event, mailbox, now))
+    return _append(conn, deltas)
+
+
+_LOCAL_COLUMNS = ("s.path || '#' || l.locator, m.message_id, m.submit_ts, m.resent_key, m.sender,"
+                  " m.recipients, m.subject_norm")
+
+
+def _msg(row, offset: int = 0) -> rules.Msg:
+    return rules.Msg(row[offset], row[offset + 1], row[offset + 2], row[offset + 3], row[offset + 4],
+                     row[offset + 5])
+
+
+def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[dict]:
+    addresses = sorted(view.addresses(mailbox))
+    groups = view.groups(mailbox) if event.expand_lists else set()
+    marks = ", ".join("?" * len(addresses))
+    rows = conn.execute(
+        f"SELECT id, entry_id, address, kind, message_id, header_ts, resent_key, sender, recipients,"
+        f" subject_norm, status, expired, message_class, fingerprint, subject, content FROM entries e"
+        f" WHERE e.visible_at <= ? AND ((e.kind = 'mailbox' AND e.address IN ({marks})) OR"
+        f" (e.kind = 'group' AND ?)) AND NOT EXISTS (SELECT 1 FROM decided d WHERE d.event = ?"
+        f" AND d.mailbox = ? AND d.entry = e.id) ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
+        (now, *addresses, int(event.expand_lists), event.id, mailbox)).fetchall()
+    if not rows:
+        return []
+    outcomes: list[tuple] = []
+    batch = []
+    for row in rows:
+        if row[3] == "group" and view.primary(row[2]) not in groups:
+            outcomes.append((event.id, mailbox, row[0], "not-member"))  # C16: not retroactive
+        else:
+            batch.append(row)
+    locals_by_mid, locals_by_key = _candidates(conn, mailbox, batch)
+    delivered = rules.Delivered()
+    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm"
+                            " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):
+        delivered.add(_msg(row))
+    at = event.started_at if event.phase == "reconciling" else now
+    deltas = []
+    for row in batch:
+        entry = rules.EntryIn(row[0], rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9]),
+                              row[10], bool(row[11]), row[12], row[13])
+        key = (entry.msg.sender, entry.msg.subject_norm)
+        seen: dict[str, rules.LocalIn] = {}
+        for local in locals_by_mid.get(entry.msg.message_id, []) + locals_by_key.get(key, []):
+            seen.setdefault(local.key, local)
+        candidates = list(seen.values())
+        peers = _peers(conn, now, addresses, groups, key, view) if any(
+            rules.c5_match(entry.msg, c.msg) for c in candidates) else []
+        decision = rules.decide_entry(entry, candidates, peers, delivered, event.calendar_items)
+        outcomes.append((event.id, mailbox, entry.key, decision.outcome))
+        if decision.action is None:
+            continue
+        delivering = decision.action == "deliver"
+        deltas.append({"at": at, "event": event.name, "mailbox": mailbox, "action": decision.action,
+                       "folder": "Inbox" if delivering else None,
+                       "message_id": normalise.display_message_id(entry.msg.message_id), "subject": row[14],
+                       "fingerprint": entry.fingerprint, "source": f"mimecast:{row[1]}",
+                       "content": row[15] if delivering else None, "reason": decision.reason,
+                       "_delivery": (event.id, entry.msg) if delivering else None})
+    conn.executemany("INSERT INTO decided VALUES (?, ?, ?, ?)", outcomes)
+    return deltas
+
+
+def _candidates(conn, mailbox: str, batch: list) -> tuple[dict, dict]:
+    """Local locations in received-mail folders that share a Message-ID or a fallback key
+    with any entry of the batch, looked up through temporary key tables."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_key (sender TEXT, subject_norm TEXT,"
+                 " PRIMARY KEY (sender, subject_norm)) WITHOUT ROWID")
+    conn.execute("DELETE FROM want_mid")
+    conn.execute("DELETE FROM want_key")
+    conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?)", [(r[4],) for r in batch if r[4]])
+    conn.executemany("INSERT OR IGNORE INTO want_key VALUES (?, ?)", [(r[7], r[9]) for r in batch if r[7]])
+    by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
+    by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
+    for row in conn.execute(
+            f"SELECT {_LOCAL_COLUMNS} FROM want_mid w JOIN messages m ON m.message_id = w.message_id"
+            f" JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
+            f" WHERE l.mailbox = ? AND l.received = 1", (mailbox,)):
+        by_mid[row[1]].append(rules.LocalIn(row[0], _msg(row, 1)))
+    for row in conn.execute(
+            f"SELECT {_LOCAL_COLUMNS} FROM want_key w JOIN messages m ON m.sender = w.sender"
+            f" AND m.subject_norm = w.subject_norm JOIN locations l ON l.message = m.id"
+            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox = ? AND l.received = 1", (mailbox,)):
+        by_key[(row[4], row[6])].append(rules.LocalIn(row[0], _msg(row, 1)))
+    return by_mid, by_key
+
+
+def _peers(conn, now: float, addresses: list[str], groups: set[str], key: tuple, view) -> list[rules.EntryIn]:
+    """Visible entries for this mailbox with the same fallback key (C5 ambiguity)."""
+    peers = []
+    for row in conn.execute(
+            "SELECT id, address, kind, message_id, header_ts, resent_key, sender, recipients, subject_norm,"
+            " fingerprint FROM entries WHERE sender = ? AND subject_norm = ? AND visible_at <= ?",
+            (key[0], key[1], now)):
+        mine = row[1] in addresses if row[2] == "mailbox" else view.primary(row[1]) in groups
+        if mine:
+            peers.append(rules.EntryIn(row[0], _msg(row, 3), None, False, "", row[9]))
+    return peers
+
+
+def _decide_outbox(conn, event: Event, mailbox: str, now: float) -> list[dict]:
+    rows = conn.execute(
+        f"SELECT {_LOCAL_COLUMNS}, m.identity, m.message_class, l.locator, l.folder, m.subject, m.fingerprint,"
+        f" s.kind, s.path FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
+        f" WHERE l.mailbox = ? AND l.role = 'outbox' AND NOT EXISTS (SELECT 1 FROM outbox_done o"
+        f" WHERE o.event = ? AND o.mailbox = ? AND o.identity = m.identity) ORDER BY l.seen_at, l.id",
+        (mailbox, event.id, mailbox)).fetchall()
+    if not rows:
+        return []
+    sent = [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
+        f"SELECT {_LOCAL_COLUMNS} FROM locations l JOIN messages m ON m.id = l.message"
+        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox = ? AND l.role = 'sent'", (mailbox,))]
+    at = event.started_at if event.phase == "reconciling" else now
+    deltas, done = [], set()
+    for row in rows:
+        identity = row[7]
+        if identity in done:
+            continue
+        done.add(identity)
+        item = rules.OutboxIn(identity, rules.LocalIn(row[0], _msg(row, 1)), row[8] or "IPM.Note")
+        outcome, action, reason = rules.decide_outbox(item, sent, event.calendar_items)
+        conn.execute("INSERT INTO outbox_done VALUES (?, ?, ?, ?)", (event.id, mailbox, identity, outcome))
+        if action:
+            deltas.append({"at": at, "event": event.name, "mailbox": mailbox, "action": action,
+                           "folder": "Outbox", "message_id": normalise.display_message_id(row[1]),
+                           "subject": row[11], "fingerprint": row[12], "source": f"local:{row[9]}",
+                           "content": row[14] if row[13] in ("msg", "eml") else None, "reason": reason})
+    return deltas
+
+
+def _decide_purges(conn, event: Event, mailbox: str, now: float) -> list[dict]:
+    limit = now if event.closes_at is None else min(now, event.closes_at)
+    rows = conn.execute(
+        f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint"
+        f" FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
+        f" WHERE l.mailbox = ? AND l.received = 1 AND l.delivery_tag IS NULL AND l.seen_at > ?"
+        f" AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
+        f"   WHERE event = ? AND mailbox = ?)"
+        f" AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.event = ? AND p.mailbox = ?"
+        f"   AND p.location = s.path || '#' || l.locator) ORDER BY l.seen_at, l.id",
+        (mailbox, event.started_at, limit, event.id, mailbox, event.id, mailbox)).fetchall()
+    deltas = []
+    for row in rows:
+        local = _msg(row, 1)
+        delivered = [_msg(r) for r in conn.execute(
+            "SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
+            " WHERE event = ? AND mailbox = ? AND message_id = ?", (event.id, mailbox, local.message_id))]
+        if not rules.purge_match(local, delivered):
+            continue
+        conn.execute("INSERT INTO purged VALUES (?, ?, ?)", (event.id, mailbox, row[0]))
+        late = event.ended_at is not None and row[9] > event.ended_at
+        deltas.append({"at": now, "event": event.name, "mailbox": mailbox, "action": "purge",
+                       "folder": row[8], "message_id": normalise.display_message_id(local.message_id),
+                       "subject": row[10], "fingerprint": row[11], "source": f"local:{row[7]}",
+                       "content": None,
+                       "reason": "post-event-duplicate" if late else "exchange-duplicate"})
+    return deltas
+
+
+_DELTA_FIELDS = ("seq", "mailbox_seq", "at", "event", "mailbox", "action", "folder", "message_id", "subject",
+                 "fingerprint", "source", "content", "reason")
+
+
+def _append(conn: sqlite3.Connection, deltas: list[dict]) -> list[dict]:
+    """Number the deltas (seq gap-free overall, mailbox_seq per mailbox) and write them,
+    with the deliveries they record, inside the caller's transaction."""
+    if not deltas:
+        return []
+    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
+    per_mailbox: dict[str, int] = {}
+    rows, deliveries = [], []
+    for delta in deltas:
+        mailbox = delta["mailbox"]
+        if mailbox not in per_mailbox:
+            per_mailbox[mailbox] = conn.execute("SELECT coalesce(max(mailbox_seq), 0) FROM deltas"
+                                                " WHERE mailbox = ?", (mailbox,)).fetchone()[0]
+        seq += 1
+        per_mailbox[mailbox] += 1
+        delta["seq"], delta["mailbox_seq"] = seq, per_mailbox[mailbox]
+        delivery = delta.pop("_delivery", None)
+        if delivery:
+            event_id, msg = delivery
+            deliveries.append((event_id, mailbox, seq, msg.message_id, msg.submit_ts, msg.resent_key,
+                               msg.sender, msg.recipients, msg.subject_norm, delta["fingerprint"]))
+        rows.append(tuple(delta[f] for f in _DELTA_FIELDS))
+    conn.executemany(f"INSERT INTO deltas ({', '.join(_DELTA_FIELDS)}) VALUES ({', '.join('?' * 13)})", rows)
+    conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", deliveries)
+    return [as_json(delta) for delta in deltas]
+
+
+def as_json(delta: dict) -> dict:
+    """A delta as formats.md writes it: `at` as ISO 8601."""
+    out = {f: delta[f] for f in _DELTA_FIELDS}
+    out["at"] = normalise.iso(out["at"])
+    return out
+
+
+def deltas(db: sqlite_utils.Database, since: int = 0) -> list[dict]:
+    cursor = db.execute(f"SELECT {', '.join(_DELTA_FIELDS)} FROM deltas WHERE seq > ? ORDER BY seq", (since,))
+    return [as_json(dict(zip(_DELTA_FIELDS, row))) for row in cursor]
+
+
+# --- closing and status ---------------------------------------------------------------------
+
+def _close(conn: sqlite3.Connection, event: Event, now: float) -> None:
+    conn.execute("UPDATE events SET phase = 'closed', closed_at = ?, report = ? WHERE id = ?",
+                 (now, json.dumps(report(conn, event.id)), event.id))
+
+
+def report(conn: sqlite3.Connection, event_id: int) -> dict:
+    """C14: delivered, deferred, purged, sent, matched, ambiguous-delivered, held, per mailbox."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
+        ("delivered", "deferred", "purged", "sent", "matched", "ambiguous-delivered", "held"), 0))
+    for mailbox in (r[0] for r in conn.execute("SELECT mailbox FROM event_mailboxes WHERE event = ?", (event_id,))):
+        counts[mailbox]
+    for mailbox, outcome, n in conn.execute(
+            "SELECT mailbox, outcome, count(*) FROM decided WHERE event = ? GROUP BY 1, 2", (event_id,)):
+        if outcome in ("delivered", "ambiguous-delivered"):
+            counts[mailbox]["delivered"] += n
+        if outcome in counts[mailbox]:
+            counts[mailbox][outcome] += n
+    for mailbox, outcome, n in conn.execute(
+            "SELECT mailbox, outcome, count(*) FROM outbox_done WHERE event = ? GROUP BY 1, 2", (event_id,)):
+        counts[mailbox]["sent" if outcome == "sent" else "deferred"] += n if outcome != "already-sent" else 0
+    for mailbox, n in conn.execute("SELECT mailbox, count(*) FROM purged WHERE event = ? GROUP BY 1", (event_id,)):
+        counts[mailbox]["purged"] += n
+    return dict(counts)
+
+
+def status(db: sqlite_utils.Database) -> dict:
+    events = []
+    for row in db.query("SELECT * FROM events ORDER BY id"):
+        mailboxes = [r[0] for r in db.execute("SELECT mailbox FROM event_mailboxes WHERE event = ?", (row["id"],))]
+        events.append({"event": row["name"], "phase": row["phase"], "mailboxes": mailboxes,
+                       "started": normalise.iso(row["started_at"]), "ended": normalise.iso(row["ended_at"]),
+                       "closed": normalise.iso(row["closed_at"]),
+                       "report": json.loads(row["report"]) if row["report"] else report(db.conn, row["id"])})
+    errors = [{"file": r["file"], "reason": r["reason"]} for r in db.query(
+        "SELECT file, reason FROM snapshot_errors ORDER BY rowid DESC LIMIT 10")]
+    errors += [{"file": r["path"], "reason": r["reason"]} for r in db.query(
+        "SELECT path, reason FROM source_errors ORDER BY rowid DESC LIMIT 10")]
+    return {"events": events, "deltas": db.execute("SELECT count(*) FROM deltas").fetchone()[0],
+            "last_errors": errors}

@@ -1,0 +1,245 @@
+"""Replay a scenario (formats.md "Replay scenario") on a virtual clock.
+
+The replay differs from the daemon only in its clock and where inputs come from: it
+calls the same engine functions. Each timeline step is journalled in the store in the
+transaction that applies it (the step's own effect where the engine writes one), so a
+replay stopped at any point, by a `restart` step or a crash, resumes from the store
+and ends with the same delta log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from . import engine, formats, index, normalise, store
+from .store import transaction
+
+LOAD_STEP = -1  # exports and directory, before the first timeline entry
+
+
+@dataclass
+class Outcome:
+    deltas: list[dict]
+    phases: dict[str, Counter]
+    missing: list[dict] = field(default_factory=list)
+    unexpected: list[dict] = field(default_factory=list)
+    restarts: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.missing or self.unexpected)
+
+
+Say = Callable[[str], None]
+
+
+def load_scenario(folder: Path) -> formats.Scenario:
+    where = folder / "scenario.json"
+    try:
+        data = where.read_bytes()
+    except OSError as exc:
+        raise formats.FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    scenario = formats.decode(data, formats.Scenario, str(where))
+    for number, step in enumerate(scenario.timeline):
+        formats.check_time(step.at, str(where), f"$.timeline[{number}].at")
+        needs = {"snapshot": ["path"], "directory_sync": ["path"], "start_event": ["event"],
+                 "end_event": ["event"], "exchange_deliver": ["mailbox", "folder", "path"],
+                 "exchange_remove": ["mailbox", "path"], "outbox_add": ["mailbox", "path"]}.get(step.do, [])
+        for name in needs:
+            if getattr(step, name) is None:
+                raise formats.FormatError(f"{where}: $.timeline[{number}].{name}: required for {step.do!r}")
+    formats.check_time(scenario.until, str(where), "$.until")
+    return scenario
+
+
+def replay(folder: Path, db_path: Path, say: Say = lambda text: None) -> Outcome:
+    """Run the scenario in `folder` against the store at `db_path` (resuming it if it
+    holds an earlier, interrupted run of the same scenario)."""
+    scenario = load_scenario(folder)
+    restarts = 0
+    while True:
+        db = store.connect(db_path)
+        try:
+            finished = _run(db, scenario, folder, say)
+        finally:
+            db.conn.close()
+        if finished:
+            break
+        restarts += 1  # a `restart` step: nothing survives but the store
+    db = store.connect(db_path)
+    try:
+        outcome = Outcome(engine.deltas(db), _phases(db), restarts=restarts)
+    finally:
+        db.conn.close()
+    if scenario.expect is not None:
+        outcome.missing, outcome.unexpected = compare(scenario.expect, outcome.deltas)
+        if not scenario.exact:
+            outcome.unexpected = []
+    return outcome
+
+
+def _run(db: sqlite_utils.Database, scenario: formats.Scenario, folder: Path, say: Say) -> bool:
+    """Advance the virtual clock until `until`; False when a `restart` step stops it."""
+    done = {row[0] for row in db.execute("SELECT step FROM replay_steps")}
+    steps = sorted(((normalise.epoch(normalise.parse_iso(s.at)), n, s) for n, s in enumerate(scenario.timeline)),
+                   key=lambda item: (item[0], item[1]))
+    until = normalise.epoch(normalise.parse_iso(scenario.until))
+    start = steps[0][0] if steps else until
+    if LOAD_STEP not in done:
+        _load(db, scenario, folder, start, say)
+    pending = [item for item in steps if item[1] not in done]
+    while True:
+        next_step = pending[0][0] if pending else None
+        polls = [e.next_poll() for e in engine.open_events(db.conn)]
+        next_poll = min(polls) if polls else None
+        now = min(t for t in (next_step, next_poll) if t is not None) if (pending or polls) else None
+        if now is None or now > until:
+            return True
+        while pending and pending[0][0] == now:
+            _, number, step = pending.pop(0)
+            if step.do == "restart":
+                _mark(db.conn, number, now)
+                say(f"{normalise.iso(now)}  restart: the engine stops hard and starts again from its store")
+                return False
+            _apply(db, step, number, now, folder, say)
+        due = engine.due_events(db, now)
+        if due:
+            for delta in engine.poll(db, now, due):
+                say(_describe(delta))
+
+
+def _load(db, scenario: formats.Scenario, folder: Path, now: float, say: Say) -> None:
+    with transaction(db.conn) as conn:
+        engine.set_settings(conn, scenario.settings)
+    for mailbox in scenario.mailboxes:
+        _index(db, [folder / mailbox.export], mailbox.address, now, say)
+    if scenario.directory:
+        try:
+            engine.add_directory(db, folder / scenario.directory, now, journal=lambda c: _mark(c, LOAD_STEP, now))
+            return
+        except formats.FormatError as exc:
+            say(f"error: {exc}")
+    with transaction(db.conn) as conn:
+        _mark(conn, LOAD_STEP, now)
+
+
+def _index(db, paths: list[Path], mailbox: str, now: float, say: Say) -> None:
+    def report(rep: index.FileReport) -> None:
+        for error in rep.errors:
+            say(f"error: {rep.path}: {error.reason}" if error.where == rep.path
+                else f"{rep.status}: {rep.path} ({error.where}): {error.reason}")
+    index.run(db, paths, mailbox, now=now, on_file=report, workers=1)
+
+
+def _mark(conn: sqlite3.Connection, number: int, now: float) -> None:
+    conn.execute("INSERT OR IGNORE INTO replay_steps VALUES (?, ?)", (number, now))
+
+
+def _apply(db, step: formats.Step, number: int, now: float, folder: Path, say: Say) -> None:
+    journal = lambda conn: _mark(conn, number, now)  # noqa: E731 - the step commits with its effect
+    stamp = normalise.iso(now)
+    try:
+        if step.do == "snapshot":
+            result = engine.add_snapshot(db, folder / step.path, now, journal=journal)
+            say(f"{stamp}  snapshot {step.path}: {result.entries} entries in {result.pages} page(s)")
+            for file, reason in result.rejected:
+                say(f"error: rejected page: {reason}")
+            for file, reason in result.warnings:
+                say(f"warning: {file}: {reason}")
+            return
+        if step.do == "directory_sync":
+            engine.add_directory(db, folder / step.path, now, journal=journal)
+            say(f"{stamp}  directory sync {step.path}")
+            return
+        if step.do == "start_event":
+            say(f"{stamp}  start event {step.event} for {', '.join(step.mailboxes)}")
+            for delta in engine.start_event(db, step.event, step.mailboxes, step.expand_distribution_lists,
+                                            now, journal=journal):
+                say(_describe(delta))
+            return
+        if step.do == "end_event":
+            engine.end_event(db, step.event, now, journal=journal)
+            say(f"{stamp}  end event {step.event}")
+            return
+        _exchange(db, step, now, folder, say)
+    except (formats.FormatError, engine.EngineError) as exc:
+        say(f"error: {stamp} {step.do}: {exc}")
+    with transaction(db.conn) as conn:  # steps whose effect is not one engine transaction
+        _mark(conn, number, now)
+
+
+def overlay_root(db, mailbox: str) -> Path:
+    return engine.store_dir(db) / "overlay" / (normalise.address(mailbox) or mailbox)
+
+
+def _exchange(db, step: formats.Step, now: float, folder: Path, say: Say) -> None:
+    """A message appears in (or leaves) the mailbox as the daemon would see the exported
+    store change: the file lands in the mailbox's overlay tree and is indexed from there."""
+    root = overlay_root(db, step.mailbox)
+    name = Path(step.path).name
+    if step.do == "exchange_remove":
+        for found in root.rglob(name) if root.exists() else []:
+            found.unlink()
+        say(f"{normalise.iso(now)}  {step.mailbox}: {name} removed")
+    else:
+        target_folder = "Outbox" if step.do == "outbox_add" else step.folder
+        target = root / target_folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / step.path, target)
+        say(f"{normalise.iso(now)}  {step.mailbox}: {name} appears in {target_folder}")
+    _index(db, [root], step.mailbox, now, say)
+
+
+def _describe(delta: dict) -> str:
+    what = delta["message_id"] or delta["subject"] or delta["source"]
+    return f"{delta['at']}    #{delta['seq']} {delta['action']:<7} {delta['mailbox']} {what} ({delta['reason']})"
+
+
+def _phases(db) -> dict[str, Counter]:
+    """Deltas per phase: reconcile (at the start), active (until the end), ending."""
+    phases: dict[str, Counter] = {"reconcile": Counter(), "active": Counter(), "ending": Counter()}
+    for event, started, ended in db.execute("SELECT name, started_at, ended_at FROM events"):
+        for at, action in db.execute("SELECT at, action FROM deltas WHERE event = ?", (event,)):
+            phase = "reconcile" if at == started else "active" if ended is None or at <= ended else "ending"
+            phases[phase][action] += 1
+    return phases
+
+
+_SPECIFIC = ("message_id", "source", "folder")
+
+
+def compare(expect: list[formats.Expectation], deltas: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Pair each expected item with one delta; the most specific items choose first."""
+    remaining = list(deltas)
+    missing = []
+    ordered = sorted(expect, key=lambda e: -sum(getattr(e, f) is not None for f in _SPECIFIC))
+    for item in ordered:
+        wanted = {"action": item.action, "mailbox": normalise.address(item.mailbox) or item.mailbox}
+        for name in _SPECIFIC:
+            value = getattr(item, name)
+            if value is not None:
+                wanted[name] = normalise.display_message_id(normalise.message_id(value)) \
+                    if name == "message_id" else value
+        match = next((d for d in remaining if all(d.get(k) == v for k, v in wanted.items())), None)
+        if match is None:
+            missing.append(wanted)
+        else:
+            remaining.remove(match)
+    return missing, remaining
+
+
+def write_jsonl(deltas: list[dict], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    with open(partial, "w", encoding="utf-8") as handle:
+        for delta in deltas:
+            handle.write(json.dumps(delta, ensure_ascii=False) + "\n")
+    partial.replace(target)

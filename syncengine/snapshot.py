@@ -1,0 +1,146 @@
+"""Mimecast snapshots: pages validated and normalised into entry rows (formats.md).
+
+A page that is not valid JSON, not valid against the schema, has a non-empty `fail[]`
+or a `meta.status` other than 200 is rejected whole; the other pages still apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+from . import formats, headers, normalise
+
+_PAGE = re.compile(r"^snapshot(-\d+)?\.json$")
+
+
+@dataclass
+class EntryRow:
+    page: int
+    position: int
+    entry_id: str
+    address: str
+    kind: str
+    message_id: str | None
+    header_ts: int | None
+    received_ts: int
+    sender: str | None
+    recipients: str
+    subject: str
+    subject_norm: str
+    status: str | None
+    expired: bool
+    message_class: str
+    resent_key: str | None
+    content: str | None     # path of the source file, copied into the store by the engine
+    fingerprint: str
+
+
+@dataclass
+class Loaded:
+    pages: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    entries: list[EntryRow] = field(default_factory=list)
+
+
+def page_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise formats.FormatError(f"{path}: no such snapshot folder or file")
+    pages = sorted(p for p in path.iterdir() if _PAGE.match(p.name))
+    if not pages:
+        raise formats.FormatError(f"{path}: no snapshot.json or snapshot-NNNN.json pages")
+    return pages
+
+
+def load(path: Path) -> Loaded:
+    """Every page of the snapshot at `path`; rejected pages are listed with their reason."""
+    result = Loaded()
+    folder = path if path.is_dir() else path.parent
+    for number, page_path in enumerate(page_files(path), start=1):
+        result.pages += 1
+        try:
+            result.entries.extend(_page(page_path, number, folder, result.warnings))
+        except formats.FormatError as exc:
+            result.rejected.append((str(page_path), str(exc)))
+    return result
+
+
+def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]) -> list[EntryRow]:
+    where = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise formats.FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    page = formats.decode(data, formats.SnapshotPage, where)
+    if page.meta.status != 200:
+        raise formats.FormatError(f"{where}: $.meta.status: page status {page.meta.status}, expected 200")
+    if page.fail:
+        raise formats.FormatError(f"{where}: $.fail: the API reported {len(page.fail)} failure(s): "
+                                  f"{str(page.fail[0])[:200]}")
+    address = normalise.address(page.meta.snapshot.address) or page.meta.snapshot.address
+    rows = []
+    for position, entry in enumerate(page.data):
+        rows.append(_entry(entry, position, number, address, page.meta.snapshot.kind, folder, where, warnings))
+    return rows
+
+
+def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: str, folder: Path,
+           where: str, warnings: list[tuple[str, str]]) -> EntryRow:
+    base = f"$.data[{position}]"
+    received = formats.check_time(entry.received, where, f"{base}.received")
+    header_ts = formats.check_time(entry.headerDate, where, f"{base}.headerDate")
+    wanted = {h.name.lower(): h.values[0] for h in entry.headers if h.values}
+    resent = normalise.resent_key(wanted.get("resent-message-id"), wanted.get("resent-date"))
+    content = None
+    if entry.content:
+        candidate = folder / entry.content
+        if candidate.is_file():
+            content = str(candidate)
+        else:  # C6: still deliver, with content null, so the client fetches it itself
+            warnings.append((where, f"{base}.content: no such file {entry.content!r}; delivered without content"))
+    message_class = entry.messageClass or _content_class(content)
+    mid = normalise.message_id(entry.mimeMessageId)
+    if mid:
+        fingerprint = normalise.fingerprint(normalise.identity(mid, header_ts, resent))
+    else:
+        fingerprint = normalise.fingerprint(f"entry:{address}:{entry.id}")
+    recipients = normalise.recipients_key(
+        [a for a in (normalise.address(x.emailAddress) for x in entry.to + entry.cc) if a])
+    return EntryRow(page, position, entry.id, address, kind, mid, header_ts, received,
+                    normalise.address(entry.from_.emailAddress), recipients, entry.subject,
+                    normalise.subject(entry.subject), entry.status, entry.expired, message_class,
+                    resent, content, fingerprint)
+
+
+def _content_class(content: str | None) -> str:
+    """formats.md: without `messageClass`, the class comes from a text/calendar body part."""
+    if content is None:
+        return "IPM.Note"
+    data = Path(content).read_bytes()
+    if b"text/calendar" not in data.lower():
+        return "IPM.Note"
+    return headers.mime_class(BytesParser(policy=policy.compat32).parsebytes(data))
+
+
+def store_content(source: str, content_dir: Path) -> str:
+    """Copy an entry's raw message into the store, readable by the owner only, so a
+    client can fetch it after the snapshot folder is gone. Named by its digest."""
+    data = Path(source).read_bytes()
+    content_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(content_dir, 0o700)
+    target = content_dir / (hashlib.sha256(data).hexdigest()[:32] + ".eml")
+    if not target.exists():
+        partial = target.with_suffix(".part")
+        shutil.copyfile(source, partial)
+        os.chmod(partial, 0o600)
+        os.replace(partial, target)
+    return str(target)
