@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import click
 
+from . import engine, formats, replay as replaying, store
 from . import index as indexing
-from . import store
 
 EXIT_OK = 0
 EXIT_STORE = 1
 EXIT_SOME_FAILED = 3
+EXIT_REFUSED = 4
+
+DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                         help="The store (a SQLite file; created if missing).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,3 +129,249 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+def _now() -> float:
+    return float(int(time.time()))
+
+
+def _fail(message: str, code: int = EXIT_REFUSED):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--deltas", "deltas_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the delta log here as JSON Lines (written whatever the outcome).")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use (or resume) this store; default: a fresh temporary one.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the table and the comparison, not the timeline.")
+def replay(scenario: Path, deltas_file: Path | None, db: Path | None, quiet: bool) -> None:
+    """Run a scenario folder on a virtual clock and show what happened.
+
+    SCENARIO is a folder with scenario.json (formats.md, "Replay scenario"). Exports
+    and the directory are loaded before the first timeline entry; polls run every
+    poll_interval from each event's start until `until`.
+
+    When the scenario has `expect`, the delta log is compared with it and every
+    missing and unexpected delta is listed.
+
+    \b
+    Exit codes:
+      0  the replay ran (and matched `expect`, when there is one)
+      1  the delta log differs from `expect`
+      2  wrong usage, or the scenario itself is invalid
+
+    \b
+    Example:
+      syncengine replay fixtures/scenarios/c13-outbox --deltas out.jsonl
+    """
+    _run_replay(scenario, deltas_file, db, quiet, pace=0.0)
+
+
+def _run_replay(scenario: Path, deltas_file: Path | None, db: Path | None, quiet: bool, pace: float) -> None:
+    def say(text: str) -> None:
+        if text.startswith(("error:", "warning:", "partial:")):
+            click.echo(text, err=True)
+        elif not quiet:
+            click.echo(text)
+            if pace:
+                time.sleep(pace)  # the demo unfolds at a pace a person can follow
+
+    temporary = None
+    if db is None:
+        temporary = tempfile.TemporaryDirectory(prefix="syncengine-replay-")
+        db = Path(temporary.name) / "replay.db"
+    outcome = None
+    try:
+        outcome = replaying.replay(scenario, db, say)
+    except formats.FormatError as exc:
+        _fail(str(exc), 2)
+    except store.StoreError as exc:
+        _fail(str(exc), EXIT_STORE)
+    finally:
+        if deltas_file is not None:
+            try:
+                database = store.connect(db)
+                replaying.write_jsonl(engine.deltas(database), deltas_file)
+                database.conn.close()
+            except store.StoreError:
+                replaying.write_jsonl([], deltas_file)
+        if temporary is not None and outcome is not None:
+            temporary.cleanup()
+    _print_phases(outcome)
+    for item in outcome.missing:
+        click.echo(f"missing:    {_expectation(item)}")
+    for delta in outcome.unexpected:
+        click.echo(f"unexpected: {_expectation(delta)}")
+    if outcome.failed:
+        click.echo(f"{len(outcome.missing)} missing, {len(outcome.unexpected)} unexpected: the log differs from expect")
+        sys.exit(1)
+
+
+def _print_phases(outcome) -> None:
+    actions = ("deliver", "purge", "send", "defer")
+    click.echo("")
+    click.echo(f"{'phase':<10}" + "".join(f"{a:>9}" for a in actions))
+    for phase, counts in outcome.phases.items():
+        click.echo(f"{phase:<10}" + "".join(f"{counts.get(a, 0):>9}" for a in actions))
+    click.echo(f"{len(outcome.deltas)} deltas" + (f", {outcome.restarts} restart(s)" if outcome.restarts else ""))
+    for item in outcome.events:
+        when = f"closed {item['closed']}" if item["closed"] else item["phase"]
+        click.echo(f"event {item['event']} ({when}):")
+        for mailbox, counts in item["report"].items():
+            click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _expectation(item: dict) -> str:
+    keys = ("action", "mailbox", "message_id", "source", "folder", "reason")
+    return " ".join(f"{k}={item[k]}" for k in keys if item.get(k) is not None)
+
+
+@cli.command()
+@click.option("--pace", type=float, default=0.15, show_default=True,
+              help="Seconds to pause after each line, so the outage unfolds at reading speed (0: none).")
+def demo(pace: float) -> None:
+    """Replay the bundled outage scenario and show each decision as it happens.
+
+    Alice's mailbox is reconciled when the event starts, mail that Mimecast receives
+    is delivered at the next minute's poll, her Outbox goes out through Mimecast,
+    and Exchange's own copies are purged during the event and in the ten minutes
+    after it.
+    """
+    from importlib import resources
+    with resources.as_file(resources.files("syncengine.demo")) as folder:
+        _run_replay(Path(folder), None, None, quiet=False, pace=pace)
+
+
+@cli.group()
+def snapshot() -> None:
+    """Mimecast snapshots."""
+
+
+@snapshot.command("add")
+@click.argument("path", type=click.Path(path_type=Path))
+@DB_OPTION
+def snapshot_add(path: Path, db: Path) -> None:
+    """Make a snapshot (a folder of pages, or one .json page) visible now.
+
+    Each page is validated; a page with errors, a non-empty fail[] or a status other
+    than 200 is rejected whole and the others still apply. Entry content is copied
+    into the store so clients can read it after the snapshot folder is gone.
+    """
+    database = open_store(db)
+    try:
+        result = engine.add_snapshot(database, path, _now())
+    except formats.FormatError as exc:
+        _fail(str(exc))
+    for _, reason in result.rejected:
+        click.echo(f"error: rejected page: {reason}", err=True)
+    for file, reason in result.warnings:
+        click.echo(f"warning: {file}: {reason}", err=True)
+    click.echo(f"{path}: {result.entries} entries from {result.pages - len(result.rejected)} of "
+               f"{result.pages} page(s)")
+    sys.exit(EXIT_SOME_FAILED if result.rejected else EXIT_OK)
+
+
+@cli.group()
+def directory() -> None:
+    """Directory syncs (users, aliases, groups, delegates)."""
+
+
+@directory.command("add")
+@click.argument("path", type=click.Path(path_type=Path))
+@DB_OPTION
+def directory_add(path: Path, db: Path) -> None:
+    """Record a successful directory sync; from now on it is the one in force (C16)."""
+    database = open_store(db)
+    try:
+        parsed = engine.add_directory(database, path, _now())
+    except formats.FormatError as exc:
+        _fail(str(exc))
+    click.echo(f"{path}: {len(parsed.users)} users, {len(parsed.groups)} groups, "
+               f"{len(parsed.delegates)} delegations")
+
+
+@cli.group()
+def event() -> None:
+    """Continuity events: start (reconcile), end (post-event window)."""
+
+
+@event.command("start")
+@click.argument("name")
+@click.option("--mailbox", "mailboxes", multiple=True, required=True, help="A covered mailbox (repeatable).")
+@click.option("--expand-distribution-lists", is_flag=True, help="Deliver list mail to members (C16).")
+@DB_OPTION
+def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists: bool, db: Path) -> None:
+    """Start event NAME now and reconcile its mailboxes (C3).
+
+    Every entry visible so far is matched against the index; what is not in the
+    mailbox is delivered. A mailbox already in an open event is refused.
+    """
+    database = open_store(db)
+    try:
+        written = engine.start_event(database, name, list(mailboxes), expand_distribution_lists, _now())
+    except engine.EngineError as exc:
+        _fail(str(exc))
+    click.echo(f"event {name} started: reconcile wrote {len(written)} deltas")
+
+
+@event.command("end")
+@click.argument("name")
+@DB_OPTION
+def event_end(name: str, db: Path) -> None:
+    """End event NAME now; duplicates are watched for during the post-event window (C14)."""
+    database = open_store(db)
+    try:
+        engine.end_event(database, name, _now())
+    except engine.EngineError as exc:
+        _fail(str(exc))
+    click.echo(f"event {name} ending")
+
+
+@cli.command()
+@DB_OPTION
+def sync(db: Path) -> None:
+    """One poll now, of every open event: what the daemon does each minute (C8)."""
+    database = open_store(db)
+    written = engine.poll(database, _now())
+    click.echo(f"{len(written)} deltas")
+
+
+@cli.command()
+@DB_OPTION
+@click.option("--since", type=click.IntRange(0), default=0, help="Only deltas with a greater seq.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line (formats.md, \"Delta log\").")
+def deltas(db: Path, since: int, as_json: bool) -> None:
+    """The delta log, in seq order."""
+    database = open_store(db)
+    for delta in engine.deltas(database, since):
+        if as_json:
+            click.echo(json.dumps(delta, ensure_ascii=False))
+        else:
+            what = delta["message_id"] or delta["subject"] or ""
+            click.echo(f"{delta['seq']:>6} {delta['at']} {delta['action']:<7} {delta['mailbox']} {what} "
+                       f"[{delta['source']}] {delta['reason']}")
+
+
+@cli.command()
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
+def status(db: Path, as_json: bool) -> None:
+    """Events, their phase and counts, and the last errors."""
+    database = open_store(db)
+    info = engine.status(database)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    if not info["events"]:
+        click.echo("no events")
+    for item in info["events"]:
+        click.echo(f"{item['event']}: {item['phase']} ({', '.join(item['mailboxes'])}), started {item['started']}"
+                   + (f", ended {item['ended']}" if item["ended"] else ""))
+        for mailbox, counts in item["report"].items():
+            click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo(f"{info['deltas']} deltas in the log")
+    for error in info["last_errors"]:
+        click.echo(f"error: {error['file']}: {error['reason']}")

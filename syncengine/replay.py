@@ -29,6 +29,7 @@ LOAD_STEP = -1  # exports and directory, before the first timeline entry
 class Outcome:
     deltas: list[dict]
     phases: dict[str, Counter]
+    events: list[dict] = field(default_factory=list)  # engine.status()'s events, with reports
     missing: list[dict] = field(default_factory=list)
     unexpected: list[dict] = field(default_factory=list)
     restarts: int = 0
@@ -76,7 +77,7 @@ def replay(folder: Path, db_path: Path, say: Say = lambda text: None) -> Outcome
         restarts += 1  # a `restart` step: nothing survives but the store
     db = store.connect(db_path)
     try:
-        outcome = Outcome(engine.deltas(db), _phases(db), restarts=restarts)
+        outcome = Outcome(engine.deltas(db), _phases(db), engine.status(db)["events"], restarts=restarts)
     finally:
         db.conn.close()
     if scenario.expect is not None:
