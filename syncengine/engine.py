@@ -437,13 +437,14 @@ def report(conn: sqlite3.Connection, event_id: int) -> dict:
         counts[mailbox]
     for mailbox, outcome, n in conn.execute(
             "SELECT mailbox, outcome, count(*) FROM decided WHERE event = ? GROUP BY 1, 2", (event_id,)):
-        if outcome in ("delivered", "ambiguous-delivered"):
+        if outcome == "ambiguous-delivered":  # delivered, and counted apart as well
             counts[mailbox]["delivered"] += n
         if outcome in counts[mailbox]:
             counts[mailbox][outcome] += n
     for mailbox, outcome, n in conn.execute(
             "SELECT mailbox, outcome, count(*) FROM outbox_done WHERE event = ? GROUP BY 1, 2", (event_id,)):
-        counts[mailbox]["sent" if outcome == "sent" else "deferred"] += n if outcome != "already-sent" else 0
+        if outcome in ("sent", "deferred"):  # already-sent items needed no delta
+            counts[mailbox][outcome] += n
     for mailbox, n in conn.execute("SELECT mailbox, count(*) FROM purged WHERE event = ? GROUP BY 1", (event_id,)):
         counts[mailbox]["purged"] += n
     return dict(counts)

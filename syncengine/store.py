@@ -82,7 +82,7 @@ def _statements(sql: str) -> list[str]:
 
 CRASH_ENV = "SYNCENGINE_CRASH_AFTER_COMMITS"
 CRASH_EXIT = 77
-_commits = 0
+_commits = (os.getpid(), 0)  # commits made by this process: a forked child starts at 0
 
 
 class transaction:
@@ -105,7 +105,9 @@ class transaction:
             self.conn.execute("ROLLBACK")
             return
         self.conn.execute("COMMIT")
-        _commits += 1
+        pid, count = _commits
+        count = count + 1 if pid == os.getpid() else 1
+        _commits = (os.getpid(), count)
         limit = os.environ.get(CRASH_ENV)
-        if limit and _commits >= int(limit):
+        if limit and count >= int(limit):
             os._exit(CRASH_EXIT)
