@@ -284,7 +284,9 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[
 
 def _candidates(conn, mailbox: str, batch: list) -> tuple[dict, dict]:
     """Local locations in received-mail folders that share a Message-ID or a fallback key
-    with any entry of the batch, looked up through temporary key tables."""
+    with any entry of the batch, looked up through temporary key tables. CROSS JOIN pins
+    the order (keys, then the messages index, then locations by message): left to
+    itself the planner may scan every location of the mailbox instead."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_key (sender TEXT, subject_norm TEXT,"
                  " PRIMARY KEY (sender, subject_norm)) WITHOUT ROWID")
@@ -295,13 +297,13 @@ def _candidates(conn, mailbox: str, batch: list) -> tuple[dict, dict]:
     by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
     by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
     for row in conn.execute(
-            f"SELECT {_LOCAL_COLUMNS} FROM want_mid w JOIN messages m ON m.message_id = w.message_id"
-            f" JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
+            f"SELECT {_LOCAL_COLUMNS} FROM want_mid w CROSS JOIN messages m ON m.message_id = w.message_id"
+            f" CROSS JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
             f" WHERE l.mailbox = ? AND l.received = 1", (mailbox,)):
         by_mid[row[1]].append(rules.LocalIn(row[0], _msg(row, 1)))
     for row in conn.execute(
-            f"SELECT {_LOCAL_COLUMNS} FROM want_key w JOIN messages m ON m.sender = w.sender"
-            f" AND m.subject_norm = w.subject_norm JOIN locations l ON l.message = m.id"
+            f"SELECT {_LOCAL_COLUMNS} FROM want_key w CROSS JOIN messages m ON m.sender = w.sender"
+            f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
             f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox = ? AND l.received = 1", (mailbox,)):
         by_key[(row[4], row[6])].append(rules.LocalIn(row[0], _msg(row, 1)))
     return by_mid, by_key

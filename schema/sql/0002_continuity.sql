@@ -2,6 +2,9 @@
 -- Every poll writes its decisions and their deltas in one transaction, so a restart
 -- resumes from here and never repeats a delta (C1, N1).
 
+-- The Outbox and Sent Items are read on every poll (C13).
+CREATE INDEX locations_mailbox_role ON locations(mailbox, role);
+
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,          -- poll_interval, post_event_window, calendar_items
     value TEXT NOT NULL

@@ -1,0 +1,148 @@
+"""Phase-1 reconcile benchmark: a 1,000,000-message index against a 100,000-entry snapshot.
+
+    python tools/bench/reconcile_bench.py [--messages 1000000] [--entries 100000]
+
+The index is built through the index's own writer (staging and merge), the snapshot
+has 90% overlap with it, 1% of entries without Message-ID and some Message-ID
+collisions (one id stamped on messages with other submit times). It prints the
+end-to-end reconcile (snapshot parse and store, match, delta writes: `snapshot add`
+then `event start`) beside the floor measured in the same run: an indexed SQL
+anti-join of the snapshot's Message-IDs against the index plus a bare JSON decode of
+the snapshot. Target: <= 10x the floor; peak RSS of the reconcile process <= 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from syncengine import engine, index, store
+from syncengine.record import Record
+
+MAILBOX = "bench@acme.example"
+BASE = 1_700_000_000
+
+
+def build_index(db_path: Path, messages: int) -> None:
+    db = store.connect(db_path)
+    writer = index.Writer(db, MAILBOX, now=float(BASE))
+    task = index.Task(Path("/bench/export.pst"), Path("/bench/export.pst"), "pst", "", "", "inbox")
+    source_id = writer._source_id(task)
+    batch = []
+    for n in range(messages):
+        mid = None if n % 100 == 99 else f"m{n}@bench.example"
+        batch.append(writer._staged(source_id, Record(
+            str(n), "Inbox" if n % 3 else "Archive", "inbox" if n % 3 else "other", mid,
+            "mapi" if mid else None, BASE - n, f"Subject {n}", f"s{n % 5000}@ext.example", MAILBOX,
+            None, "IPM.Note", None)))
+        if len(batch) == 50_000:
+            writer._stage(batch)
+            batch = []
+    writer._stage(batch)
+    with store.transaction(db.conn):
+        writer._merge([source_id])
+    db.conn.close()
+
+
+def write_snapshot(path: Path, messages: int, entries: int) -> None:
+    rng = random.Random(7)
+    data = []
+    for k in range(entries):
+        if k % 10 == 0:                      # 10%: not in the mailbox
+            n, mid = messages + k, f"new{k}@bench.example"
+        else:                                # 90%: present locally
+            n = rng.randrange(messages)
+            mid = f"m{n}@bench.example"
+        ts = BASE - n
+        if k % 100 == 1:
+            mid = None                       # 1% without Message-ID
+        elif k % 250 == 2:
+            ts -= 3600                       # collisions: the same id, another submit time
+        item = {"id": f"e{k}", "received": _iso(ts + 5), "headerDate": _iso(ts),
+                "from": {"emailAddress": f"s{n % 5000}@ext.example"}, "to": [{"emailAddress": MAILBOX}],
+                "subject": f"Subject {n}", "status": "ARCHIVED"}
+        if mid:
+            item["mimeMessageId"] = f"<{mid}>"
+        data.append(item)
+    page = {"meta": {"status": 200, "snapshot": {"address": MAILBOX, "kind": "mailbox"}}, "data": data, "fail": []}
+    path.write_text(json.dumps(page))
+
+
+def _iso(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(ts))
+
+
+def floor(db_path: Path, snapshot: Path) -> float:
+    """Bare JSON decode plus one indexed anti-join of the snapshot's ids against the index."""
+    db = store.connect(db_path)
+    started = time.perf_counter()
+    page = json.loads(snapshot.read_bytes())
+    mids = [(e["mimeMessageId"].strip("<>"),) for e in page["data"] if "mimeMessageId" in e]
+    db.conn.execute("CREATE TEMP TABLE ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.conn.executemany("INSERT OR IGNORE INTO ids VALUES (?)", mids)
+    # CROSS JOIN fixes the order: the Message-ID index, then locations by message.
+    missing = db.conn.execute("SELECT count(*) FROM ids WHERE NOT EXISTS (SELECT 1 FROM messages m"
+                              " CROSS JOIN locations l ON l.message = m.id WHERE m.message_id = ids.message_id"
+                              " AND l.mailbox = ? AND l.received = 1)", (MAILBOX,)).fetchone()[0]
+    elapsed = time.perf_counter() - started
+    db.conn.close()
+    assert missing > 0
+    return elapsed
+
+
+def reconcile(db_path: Path, snapshot: Path) -> None:
+    """Run in its own process so that its peak RSS is its own."""
+    db = store.connect(db_path)
+    started = time.perf_counter()
+    engine.add_snapshot(db, snapshot, float(BASE + 10))
+    parsed = time.perf_counter()
+    written = engine.start_event(db, "bench", [MAILBOX], False, float(BASE + 20))
+    done = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": done - started, "snapshot_s": parsed - started, "match_and_write_s": done - parsed,
+                      "deltas": len(written), "rss_mb": rss}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--reconcile", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reconcile:
+        reconcile(*args.reconcile)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        build_index(work / "base.db", args.messages)
+        print(f"index of {args.messages:,} messages built in {time.perf_counter() - started:.1f}s")
+        write_snapshot(work / "snapshot.json", args.messages, args.entries)
+        floors = []
+        for _ in range(3):
+            shutil.copy(work / "base.db", work / "floor.db")
+            floors.append(floor(work / "floor.db", work / "snapshot.json"))
+        shutil.copy(work / "base.db", work / "run.db")
+        result = subprocess.run([sys.executable, __file__, "--reconcile", str(work / "run.db"),
+                                 str(work / "snapshot.json")], capture_output=True, text=True, check=True)
+        run = json.loads(result.stdout.strip().splitlines()[-1])
+    best_floor = min(floors)
+    ratio = run["seconds"] / best_floor
+    print(f"reconcile {args.entries:,} entries: {run['seconds']:.2f}s (snapshot {run['snapshot_s']:.2f}s, "
+          f"match+write {run['match_and_write_s']:.2f}s), {run['deltas']:,} deltas")
+    print(f"floor (JSON decode + indexed anti-join): {best_floor:.2f}s; ratio {ratio:.1f}x (target <= 10x)")
+    print(f"peak RSS of the reconcile process: {run['rss_mb']:.0f} MB (target <= 300 MB)")
+    print(json.dumps({"reconcile_s": round(run["seconds"], 2), "floor_s": round(best_floor, 2),
+                      "ratio": round(ratio, 1), "rss_mb": round(run["rss_mb"]), "deltas": run["deltas"]}))
+
+
+if __name__ == "__main__":
+    main()
