@@ -375,3 +375,120 @@ def status(db: Path, as_json: bool) -> None:
     click.echo(f"{info['deltas']} deltas in the log")
     for error in info["last_errors"]:
         click.echo(f"error: {error['file']}: {error['reason']}")
+
+
+ENDPOINT_OPTION = click.option(
+    "--endpoint", help="ROUTER endpoint (the PUB is beside it: ipc PATH.pub, or tcp PORT+1). "
+                       "Default: ipc sockets in the store's folder. tcp:// needs CURVE keys.")
+
+
+@cli.command()
+@DB_OPTION
+@ENDPOINT_OPTION
+@click.option("--keys", type=click.Path(file_okay=False, path_type=Path),
+              help="CURVE keys: DIR/server.key_secret and the allow-list DIR/clients/*.key.")
+@click.option("--verbose", "-v", is_flag=True, help="Log each refusal and reconnect.")
+def serve(db: Path, endpoint: str | None, keys: Path | None, verbose: bool) -> None:
+    """Publish the store's deltas to plugin clients until interrupted.
+
+    Clients subscribe to `delta.<mailbox>` on the PUB socket and catch up over the
+    ROUTER (docs/protocol.md). Deltas committed by any process using this store are
+    published within 50 ms; heartbeats go out every second. One server per store.
+
+    \b
+    Examples:
+      syncengine serve --db alice.db
+      syncengine serve --db alice.db --endpoint tcp://0.0.0.0:5560 --keys keys/
+    """
+    import logging
+    import signal
+
+    from . import endpoints as endpoints_mod
+    from . import notify
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        server = notify.Server(db, endpoint, notify.Curve(keys) if keys else None)
+    except (notify.ServeError, endpoints_mod.EndpointError, store.StoreError) as exc:
+        _fail(str(exc), EXIT_STORE)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    click.echo(f"serving {db}: ROUTER {server.endpoints.router}, PUB {server.endpoints.pub}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@DB_OPTION
+@click.option("--mailbox", "mailboxes", multiple=True, required=True, help="A mailbox to follow (repeatable).")
+@click.option("--client", "client_id", help="Client id, `ADDRESS[/INSTANCE]` (default: the first mailbox).")
+@click.option("--since", type=click.IntRange(0), help="Start after this mailbox_seq (default: the last ack).")
+@click.option("--ack", is_flag=True, help="Acknowledge each delta once printed.")
+@ENDPOINT_OPTION
+@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="This client's CURVE secret key file (for tcp).")
+@click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The server's CURVE public key file (for tcp).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: int | None, ack: bool,
+           endpoint: str | None, key_file: Path | None, server_key: Path | None, as_json: bool) -> None:
+    """Print each delta of MAILBOX as it arrives, catching up first; until interrupted.
+
+    A reference client: it never misses a delta (gaps and a silent engine make it
+    catch up again) and never prints one twice.
+    """
+    from . import client as client_mod
+    from . import endpoints as endpoints_mod
+
+    try:
+        where = endpoints_mod.for_store(db, endpoint)
+        curve = None
+        if key_file or server_key:
+            if not (key_file and server_key):
+                _fail("CURVE needs both --key and --server-key", 2)
+            public, secret = endpoints_mod.load_secret(key_file)
+            curve = (endpoints_mod.load_public(server_key), public, secret)
+        elif where.is_tcp:
+            _fail("tcp endpoints need CURVE keys (--key and --server-key)", 2)
+    except (endpoints_mod.EndpointError, OSError, ValueError) as exc:
+        _fail(str(exc), 2)
+    start = {m: since for m in mailboxes} if since is not None else None
+    listener = client_mod.Client(where, client_id or mailboxes[0], list(mailboxes), since=start, curve=curve)
+    try:
+        for delta in listener.deltas():
+            if as_json:
+                click.echo(json.dumps(delta, ensure_ascii=False))
+            else:
+                click.echo(f"{delta['mailbox']} #{delta['mailbox_seq']} {delta['action']} "
+                           f"{delta['message_id'] or delta['subject'] or ''} ({delta['reason']})")
+            sys.stdout.flush()
+            if ack:
+                listener.ack(delta["mailbox"], delta["mailbox_seq"])
+    except client_mod.ClientError as exc:
+        _fail(f"refused by the server: {exc}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+
+
+@cli.group()
+def keys() -> None:
+    """CURVE keys for tcp endpoints."""
+
+
+@keys.command("generate")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--client", "client_address",
+              help="Make a client's key pair bound to this address and add it to the allow-list.")
+def keys_generate(folder: Path, client_address: str | None) -> None:
+    """Generate the server's key pair in FOLDER, or a client's with --client.
+
+    Give `serve --keys FOLDER`; hand a client its FOLDER/clients/ADDRESS.key_secret
+    and the server's FOLDER/server.key. Secret files are written mode 0600.
+    """
+    from . import endpoints as endpoints_mod
+
+    public, secret = endpoints_mod.generate(folder, client_address)
+    click.echo(f"public {public}\nsecret {secret}")

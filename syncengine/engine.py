@@ -419,8 +419,17 @@ def as_json(delta: dict) -> dict:
     return out
 
 
-def deltas(db: sqlite_utils.Database, since: int = 0) -> list[dict]:
-    cursor = db.execute(f"SELECT {', '.join(_DELTA_FIELDS)} FROM deltas WHERE seq > ? ORDER BY seq", (since,))
+def deltas(db: sqlite_utils.Database, since: int = 0, limit: int = -1) -> list[dict]:
+    """The log after `seq` = since, in seq order (at most `limit`, -1 for all)."""
+    cursor = db.execute(f"SELECT {', '.join(_DELTA_FIELDS)} FROM deltas WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (since, limit))
+    return [as_json(dict(zip(_DELTA_FIELDS, row))) for row in cursor]
+
+
+def deltas_for(db: sqlite_utils.Database, mailbox: str, since: int, limit: int) -> list[dict]:
+    """One mailbox's deltas after `mailbox_seq` = since, in order (a client's catch-up)."""
+    cursor = db.execute(f"SELECT {', '.join(_DELTA_FIELDS)} FROM deltas WHERE mailbox = ? AND mailbox_seq > ?"
+                        f" ORDER BY mailbox_seq LIMIT ?", (mailbox, since, limit))
     return [as_json(dict(zip(_DELTA_FIELDS, row))) for row in cursor]
 
 

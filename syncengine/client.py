@@ -1,0 +1,200 @@
+"""A plugin client of the notification server (docs/protocol.md), for Python programs.
+
+    with Client(endpoints.for_store(Path("alice.db")), "alice@acme.example/outlook",
+                ["alice@acme.example"]) as client:
+        for delta in client.deltas():
+            apply(delta)
+            client.ack(delta["mailbox"], delta["mailbox_seq"])
+
+It subscribes first, then says hello; it hands each delta over once and in
+`mailbox_seq` order, whether it came from the catch-up or from the live feed; on a
+gap it says hello again from the last one it handed over; five seconds without a
+heartbeat mean a dead engine, and it reconnects and catches up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import zmq
+
+from .endpoints import Endpoints
+from .notify import topic
+
+log = logging.getLogger("syncengine.client")
+
+DEAD_AFTER = 5.0       # seconds without a heartbeat
+HELLO_TIMEOUT = 5.0    # seconds without a reply to hello before saying it again
+
+
+class ClientError(Exception):
+    """The server refused the client (an `error` reply); the text is its reason."""
+
+
+class Client:
+    def __init__(self, endpoints: Endpoints, client: str, mailboxes: list[str],
+                 since: dict[str, int] | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
+                 dead_after: float = DEAD_AFTER, context: zmq.Context | None = None):
+        """`curve` is (server public key, client public key, client secret key)."""
+        self.endpoints = endpoints
+        self.client = client
+        self.mailboxes = list(mailboxes)
+        self.last = dict.fromkeys(self.mailboxes, 0)
+        self._since_given = since is not None
+        if since:
+            self.last.update(since)
+        self.curve = curve
+        self.dead_after = dead_after
+        self.context = context or zmq.Context.instance()
+        self.acked: dict[str, int] = {}
+        self.reconnects = 0
+        self._sub = self._dealer = None
+        self._connect()
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
+        return sock
+
+    def _connect(self) -> None:
+        self._sub = self._socket(zmq.SUB)
+        self._sub.connect(self.endpoints.pub)
+        self._sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
+        for mailbox in self.mailboxes:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic(mailbox))
+        self._dealer = self._socket(zmq.DEALER)
+        self._dealer.connect(self.endpoints.router)
+        self._heard = time.monotonic()
+        self._hello()
+
+    def _hello(self) -> None:
+        request = {"op": "hello", "client": self.client, "mailboxes": self.mailboxes}
+        if self._since_given or any(self.last.values()):
+            request["since"] = dict(self.last)
+        self._send(request)
+        self._catching_up = True
+        self._hello_sent = time.monotonic()
+        self._fetched = 0  # catch-up deltas handed over since this hello
+        self._newer = {}   # mailbox -> newest mailbox_seq seen on the feed while catching up
+
+    def _send(self, request: dict) -> None:
+        self._dealer.send(json.dumps(request).encode())
+
+    def reconnect(self) -> None:
+        """The engine is gone (or restarted): new sockets, then hello from where we are."""
+        self.reconnects += 1
+        for sock in (self._sub, self._dealer):
+            sock.close(linger=0)
+        self._connect()
+
+    def close(self) -> None:
+        for sock in (self._sub, self._dealer):
+            if sock is not None:
+                sock.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def deltas(self, timeout: float | None = None) -> Iterator[dict]:
+        """Each delta once, in order; stops after `timeout` seconds without one (None: never)."""
+        poller = zmq.Poller()
+        registered = None
+        idle_since = time.monotonic()
+        while True:
+            if registered != (self._sub, self._dealer):
+                poller = zmq.Poller()
+                poller.register(self._sub, zmq.POLLIN)
+                poller.register(self._dealer, zmq.POLLIN)
+                registered = (self._sub, self._dealer)
+            ready = dict(poller.poll(100))
+            handed = False
+            if self._dealer in ready:
+                while self._dealer.poll(0):
+                    for delta in self._on_reply(json.loads(self._dealer.recv())):
+                        handed = True
+                        yield delta
+            if self._sub in ready:
+                while self._sub.poll(0):
+                    name, body = self._sub.recv_multipart()
+                    for delta in self._on_feed(name, json.loads(body)):
+                        handed = True
+                        yield delta
+            now = time.monotonic()
+            if handed:
+                idle_since = now
+            if now - self._heard > self.dead_after:
+                log.info("no heartbeat for %.1fs: reconnecting", now - self._heard)
+                self.reconnect()
+            elif self._catching_up and now - self._hello_sent > HELLO_TIMEOUT:
+                self._hello()
+            if timeout is not None and now - idle_since > timeout:
+                return
+
+    def _accept(self, delta: dict, caught_up: bool = False) -> Iterator[dict]:
+        """Hand over `delta` if it is the next one. A catch-up reply is contiguous from
+        where the server started (the `since` we sent, or our last ack), so it may set
+        the base; a live delta must follow the last one handed over, or it is a gap."""
+        mailbox, seq = delta["mailbox"], delta["mailbox_seq"]
+        if mailbox not in self.last or seq <= self.last[mailbox]:
+            return  # already handed over
+        if seq == self.last[mailbox] + 1 or caught_up:
+            self.last[mailbox] = seq
+            self._fetched += caught_up
+            yield delta
+        elif not self._catching_up:
+            log.info("gap in %s: %d after %d; saying hello again", mailbox, seq, self.last[mailbox])
+            self._hello()
+
+    def _on_reply(self, reply: dict) -> Iterator[dict]:
+        op = reply.get("op")
+        if op is None:  # a catch-up delta
+            yield from self._accept(reply, caught_up=True)
+        elif op == "caught_up":
+            self._catching_up = False
+            for mailbox, seq in reply["mailboxes"].items():  # where the server started, when it sent none
+                if mailbox in self.last:
+                    self.last[mailbox] = max(self.last[mailbox], seq)
+            behind = any(self._newer.get(m, 0) > self.last[m] for m in self.mailboxes)
+            if self._fetched or behind:  # a page may have more behind it: ask until one comes back empty
+                self._hello()
+        elif op == "acked":
+            self.acked[reply["mailbox"]] = max(self.acked.get(reply["mailbox"], 0), reply["mailbox_seq"])
+        elif op == "error":
+            raise ClientError(reply.get("reason", "refused"))
+
+    def _on_feed(self, name: bytes, body: dict) -> Iterator[dict]:
+        self._heard = time.monotonic()
+        if name == b"heartbeat":
+            if not self._catching_up and any(body["mailboxes"].get(m, 0) > self.last[m] for m in self.mailboxes):
+                self._hello()  # the last delta before a quiet spell was lost
+            return
+        if self._catching_up:
+            mailbox = body["mailbox"]
+            self._newer[mailbox] = max(self._newer.get(mailbox, 0), body["mailbox_seq"])
+            return
+        yield from self._accept(body)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def ack(self, mailbox: str, mailbox_seq: int) -> None:
+        """Acknowledge a delta as applied; the server makes it durable and answers `acked`."""
+        self._send({"op": "ack", "client": self.client, "mailbox": mailbox, "mailbox_seq": mailbox_seq})
+
+    def run(self, callback: Callable[[dict], None], ack: bool = True) -> None:
+        """Call `callback` for every delta, then acknowledge it, until interrupted."""
+        for delta in self.deltas():
+            callback(delta)
+            if ack:
+                self.ack(delta["mailbox"], delta["mailbox_seq"])
