@@ -431,15 +431,21 @@ def serve(db: Path, endpoint: str | None, keys: Path | None, verbose: bool) -> N
 @click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path),
               help="The server's CURVE public key file (for tcp).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@click.option("--verbose", "-v", is_flag=True, help="Log gaps and reconnects on stderr.")
 def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: int | None, ack: bool,
-           endpoint: str | None, key_file: Path | None, server_key: Path | None, as_json: bool) -> None:
+           endpoint: str | None, key_file: Path | None, server_key: Path | None, as_json: bool,
+           verbose: bool) -> None:
     """Print each delta of MAILBOX as it arrives, catching up first; until interrupted.
 
     A reference client: it never misses a delta (gaps and a silent engine make it
     catch up again) and never prints one twice.
     """
+    import logging
+
     from . import client as client_mod
     from . import endpoints as endpoints_mod
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:
         where = endpoints_mod.for_store(db, endpoint)

@@ -83,6 +83,12 @@ def generate(folder: Path, client: str | None = None) -> tuple[Path, Path]:
         target = folder / "clients"
         target.mkdir(parents=True, exist_ok=True)
         public, secret = zmq.auth.create_certificates(str(target), client, metadata={"address": client})
+        # pyzmq puts metadata in the secret certificate only; the allow-list is the
+        # public ones, so the address goes into that file too.
+        key, _ = zmq.auth.load_certificate(public)
+        Path(public).write_text("#   syncengine client certificate: the public key and its address\n"
+                                f"metadata\n    address = \"{client}\"\ncurve\n"
+                                f"    public-key = \"{key.decode()}\"\n", encoding="utf-8")
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)
 

@@ -35,6 +35,7 @@ log = logging.getLogger("syncengine.notify")
 HEARTBEAT_SECONDS = 1.0
 PAGE = 500                 # deltas per mailbox in one catch-up reply
 CHECK_SECONDS = 0.05       # how often to look for deltas committed by other processes
+ZAP_DOMAIN = b"syncengine"
 
 
 class ServeError(Exception):
@@ -115,13 +116,13 @@ class Server:
             allowed = endpoints_mod.allowed_clients(self.curve.folder)
             self._auth = _KeyAuthenticator(ctx, allowed)
             self._auth.start()
-            self._auth.configure_curve_callback("*", self._auth)
+            self._auth.configure_curve_callback(ZAP_DOMAIN.decode(), self._auth)
             public, secret = endpoints_mod.load_secret(self.curve.folder / f"{endpoints_mod.SERVER_CERT}.key_secret")
             for sock in (self.router, self.pub):
                 sock.curve_server = True
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret
-                sock.zap_domain = b"syncengine"
+                sock.zap_domain = ZAP_DOMAIN
         self.monitors = [sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                                  | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
