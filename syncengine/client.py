@@ -19,13 +19,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+import msgspec
 import zmq
 
 from .endpoints import Endpoints
-from .notify import topic
+from .notify import drain, topic
 
 log = logging.getLogger("syncengine.client")
 
+_DECODE = msgspec.json.Decoder().decode  # several times json.loads' speed on the hot path
 DEAD_AFTER = 5.0       # seconds without a heartbeat
 HELLO_TIMEOUT = 5.0    # seconds without a reply to hello before saying it again
 
@@ -121,14 +123,13 @@ class Client:
             ready = dict(poller.poll(100))
             handed = False
             if self._dealer in ready:
-                while self._dealer.poll(0):
-                    for delta in self._on_reply(json.loads(self._dealer.recv())):
+                for reply in drain(self._dealer):
+                    for delta in self._on_reply(_DECODE(reply[0])):
                         handed = True
                         yield delta
             if self._sub in ready:
-                while self._sub.poll(0):
-                    name, body = self._sub.recv_multipart()
-                    for delta in self._on_feed(name, json.loads(body)):
+                for name, body in drain(self._sub):
+                    for delta in self._on_feed(name, _DECODE(body)):
                         handed = True
                         yield delta
             now = time.monotonic()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import sqlite_utils
 
 from . import directory as directory_mod
@@ -392,7 +393,7 @@ def _append(conn: sqlite3.Connection, deltas: list[dict]) -> list[dict]:
         return []
     seq = conn.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
     per_mailbox: dict[str, int] = {}
-    rows, deliveries = [], []
+    rows, deliveries, written = [], [], []
     for delta in deltas:
         mailbox = delta["mailbox"]
         if mailbox not in per_mailbox:
@@ -406,10 +407,17 @@ def _append(conn: sqlite3.Connection, deltas: list[dict]) -> list[dict]:
             event_id, msg = delivery
             deliveries.append((event_id, mailbox, seq, msg.message_id, msg.submit_ts, msg.resent_key,
                                msg.sender, msg.recipients, msg.subject_norm, delta["fingerprint"]))
-        rows.append(tuple(delta[f] for f in _DELTA_FIELDS))
-    conn.executemany(f"INSERT INTO deltas ({', '.join(_DELTA_FIELDS)}) VALUES ({', '.join('?' * 13)})", rows)
+        line = as_json(delta)
+        written.append(line)
+        rows.append(tuple(delta[f] for f in _DELTA_FIELDS) + (_ENCODE(line),))
+    conn.executemany(f"INSERT INTO deltas ({', '.join(_DELTA_FIELDS)}, body)"
+                     f" VALUES ({', '.join('?' * 14)})", rows)
     conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", deliveries)
-    return [as_json(delta) for delta in deltas]
+    return written
+
+
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
 
 
 def as_json(delta: dict) -> dict:
@@ -419,18 +427,22 @@ def as_json(delta: dict) -> dict:
     return out
 
 
+def delta_lines(db: sqlite_utils.Database, since: int = 0, limit: int = -1) -> list[tuple[str, int, bytes]]:
+    """(mailbox, mailbox_seq, JSON line) after `seq` = since, in seq order: what the
+    server publishes, encoded once when the delta was written."""
+    return db.execute("SELECT mailbox, mailbox_seq, body FROM deltas WHERE seq > ? ORDER BY seq LIMIT ?",
+                      (since, limit)).fetchall()
+
+
 def deltas(db: sqlite_utils.Database, since: int = 0, limit: int = -1) -> list[dict]:
     """The log after `seq` = since, in seq order (at most `limit`, -1 for all)."""
-    cursor = db.execute(f"SELECT {', '.join(_DELTA_FIELDS)} FROM deltas WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (since, limit))
-    return [as_json(dict(zip(_DELTA_FIELDS, row))) for row in cursor]
+    return [_DECODE(body) for _, _, body in delta_lines(db, since, limit)]
 
 
-def deltas_for(db: sqlite_utils.Database, mailbox: str, since: int, limit: int) -> list[dict]:
-    """One mailbox's deltas after `mailbox_seq` = since, in order (a client's catch-up)."""
-    cursor = db.execute(f"SELECT {', '.join(_DELTA_FIELDS)} FROM deltas WHERE mailbox = ? AND mailbox_seq > ?"
-                        f" ORDER BY mailbox_seq LIMIT ?", (mailbox, since, limit))
-    return [as_json(dict(zip(_DELTA_FIELDS, row))) for row in cursor]
+def deltas_for(db: sqlite_utils.Database, mailbox: str, since: int, limit: int) -> list[bytes]:
+    """One mailbox's JSON lines after `mailbox_seq` = since, in order (a client's catch-up)."""
+    return [row[0] for row in db.execute("SELECT body FROM deltas WHERE mailbox = ? AND mailbox_seq > ?"
+                                         " ORDER BY mailbox_seq LIMIT ?", (mailbox, since, limit))]
 
 
 # --- closing and status ---------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .store import transaction
 log = logging.getLogger("syncengine.notify")
 
 HEARTBEAT_SECONDS = 1.0
-PAGE = 500                 # deltas per mailbox in one catch-up reply
+PAGE = 5000                # deltas per mailbox in one catch-up reply
 CHECK_SECONDS = 0.05       # how often to look for deltas committed by other processes
 ZAP_DOMAIN = b"syncengine"
 
@@ -74,15 +74,13 @@ class Server:
             raise ServeError(f"{self.endpoints.router}: tcp endpoints need CURVE keys (--keys DIR)")
         self.curve = curve
         self.context = context or zmq.Context.instance()
-        self.db = store.connect(self.db_path)
+        store.connect(self.db_path).conn.close()  # fail here, not in the loop, on a bad store
+        self.db = None  # opened by the thread that serves: SQLite connections stay in their thread
         self._lock = self._take_lock()
         self._auth = None
         self._stop = threading.Event()
         self._wake_endpoint = f"inproc://syncengine-wake-{id(self)}"
         self._bind()
-        self.published = self.db.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
-        self.latest = dict(self.db.execute("SELECT mailbox, max(mailbox_seq) FROM deltas GROUP BY mailbox").fetchall())
-        self._data_version = self._version()
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -108,6 +106,7 @@ class Server:
         ctx = self.context
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, 4 * PAGE)  # a whole page queues without EAGAIN
         self.router.setsockopt(zmq.LINGER, 0)
         self.pub = ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
@@ -155,7 +154,14 @@ class Server:
     def stop(self) -> None:
         self._stop.set()
 
+    def _open(self) -> None:
+        self.db = store.connect(self.db_path)
+        self.published = self.db.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
+        self.latest = dict(self.db.execute("SELECT mailbox, max(mailbox_seq) FROM deltas GROUP BY mailbox").fetchall())
+        self._data_version = self._version()
+
     def serve_forever(self) -> None:
+        self._open()
         poller = zmq.Poller()
         for sock in (self.router, self.pub, self.wake_pull, *self.monitors):
             poller.register(sock, zmq.POLLIN)
@@ -168,8 +174,8 @@ class Server:
                 timeout = max(0.0, min(next_beat, next_check) - now)
                 ready = dict(poller.poll(timeout * 1000))
                 if self.wake_pull in ready:
-                    while self.wake_pull.poll(0):
-                        self.wake_pull.recv()
+                    for _ in drain(self.wake_pull):
+                        pass
                     self.publish_new()
                 if self.router in ready:
                     self._drain_requests()
@@ -196,7 +202,8 @@ class Server:
             sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
-        self.db.conn.close()
+        if self.db is not None:
+            self.db.conn.close()
         self._lock.close()
 
     # --- publishing -----------------------------------------------------------------------------
@@ -204,13 +211,13 @@ class Server:
     def publish_new(self) -> int:
         sent = 0
         while True:
-            rows = engine.deltas(self.db, self.published, limit=5000)
+            rows = engine.delta_lines(self.db, self.published, limit=5000)
             if not rows:
                 return sent
-            for delta in rows:
-                self.pub.send_multipart([topic(delta["mailbox"]), json.dumps(delta).encode()])
-                self.latest[delta["mailbox"]] = delta["mailbox_seq"]
-                self.published = delta["seq"]
+            for mailbox, mailbox_seq, body in rows:
+                self.pub.send_multipart([topic(mailbox), body])
+                self.latest[mailbox] = mailbox_seq
+            self.published += len(rows)  # seq is gap-free
             sent += len(rows)
 
     def _heartbeat(self) -> None:
@@ -218,8 +225,7 @@ class Server:
         self.pub.send_multipart([b"heartbeat", json.dumps(body).encode()])
 
     def _drain_subscriptions(self) -> None:
-        while self.pub.poll(0):
-            frame = self.pub.recv(copy=False)
+        for (frame,) in drain(self.pub, copy=False):
             data = frame.bytes
             if not data or data[0] not in (0, 1):
                 continue
@@ -253,8 +259,7 @@ class Server:
     # --- requests -------------------------------------------------------------------------------
 
     def _drain_requests(self) -> None:
-        while self.router.poll(0):
-            frames = self.router.recv_multipart(copy=False)
+        for frames in drain(self.router, copy=False):
             identity, body = frames[0].bytes, frames[-1]
             user = body.get("User-Id") if self.curve else None
             try:
@@ -265,13 +270,15 @@ class Server:
             except (ValueError, KeyError, TypeError) as exc:
                 replies = [{"op": "error", "reason": f"bad request: {exc}"}]
             for reply in replies:
+                body = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
                 try:
-                    self.router.send_multipart([identity, json.dumps(reply).encode()], flags=zmq.NOBLOCK)
+                    self.router.send_multipart([identity, body], flags=zmq.NOBLOCK)
                 except zmq.ZMQError as exc:  # gone, or its queue is full: it will say hello again
                     log.info("stopped replying to a client: %s", exc)
                     break
 
-    def handle(self, request: dict, user: str | None) -> list[dict]:
+    def handle(self, request: dict, user: str | None) -> list[dict | bytes]:
+        """The replies to one request: dicts, or deltas as their stored JSON lines."""
         op = request.get("op")
         if op == "hello":
             return self._hello(request, user)
@@ -299,7 +306,7 @@ class Server:
                 return f"{address} may not see mailbox {mailbox}: its own and delegated mailboxes only"
         return None
 
-    def _hello(self, request: dict, user: str | None) -> list[dict]:
+    def _hello(self, request: dict, user: str | None) -> list[dict | bytes]:
         client, address = self._client(request, user)
         mailboxes = [normalise.address(m) or m for m in request["mailboxes"]]
         refusal = self._refused(address, mailboxes)
@@ -314,9 +321,9 @@ class Server:
                 row = self.db.execute("SELECT mailbox_seq FROM client_acks WHERE client = ? AND mailbox = ?",
                                       (client, mailbox)).fetchone()
                 start = row[0] if row else 0
-            rows = engine.deltas_for(self.db, mailbox, start, PAGE)
-            replies.extend(rows)
-            last[mailbox] = rows[-1]["mailbox_seq"] if rows else start
+            lines = engine.deltas_for(self.db, mailbox, start, PAGE)
+            replies.extend(lines)
+            last[mailbox] = start + len(lines)  # mailbox_seq is gap-free
         return replies + [{"op": "caught_up", "mailboxes": last}]
 
     def _ack(self, request: dict, user: str | None) -> list[dict]:
@@ -349,6 +356,16 @@ class Server:
             return [{"op": "event_ending", "event": name}]
         except engine.EngineError as exc:
             return [{"op": "error", "reason": str(exc)}]
+
+
+def drain(sock: zmq.Socket, copy: bool = True):
+    """Every message waiting on `sock`, without blocking (socket.poll(0) builds a
+    Poller each call, which costs more than the message)."""
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
 
 
 def topic(mailbox: str) -> bytes:

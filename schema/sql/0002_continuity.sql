@@ -134,6 +134,7 @@ CREATE TABLE deltas (
     source      TEXT NOT NULL,
     content     TEXT,
     reason      TEXT NOT NULL,
+    body        BLOB NOT NULL,    -- the delta's JSON line, encoded once, sent as it is
     UNIQUE (mailbox, mailbox_seq)
 );
 
