@@ -252,7 +252,7 @@ class Server:
     def _log_refusal(self, event: dict) -> None:
         names = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication failed",
                  zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol or mechanism mismatch (plain tcp?)",
-                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed"}
+                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed (no CURVE, or not ZMTP)"}
         log.warning("refused a connection on %s: %s", event.get("endpoint", b"").decode(errors="replace"),
                     names.get(event["event"], event["event"]))
 
