@@ -198,3 +198,69 @@ def test_curve_allowed_key_works_unknown_key_and_plain_tcp_are_refused_and_logge
         for proc in (good, unknown, plain):
             proc.stop()
         server.stop()
+
+
+def _request(where: endpoints.Endpoints, request: dict, replies: int = 1) -> list[dict]:
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(where.router)
+        dealer.send(json.dumps(request).encode())
+        answers = []
+        for _ in range(replies):
+            assert dealer.poll(10_000), f"no reply to {request}"
+            answers.append(json.loads(dealer.recv()))
+        return answers
+    finally:
+        dealer.close()
+        context.term()
+
+
+def test_c1_events_start_and_end_over_zeromq_and_status_and_errors_answer(db):
+    server = serve(db)
+    where = endpoints.for_store(db)
+    try:
+        started = _request(where, {"op": "start_event", "client": ALICE, "event": "zmq-1", "mailboxes": [ALICE]})
+        assert started == [{"op": "event_started", "event": "zmq-1", "deltas": 0}]
+        again = _request(where, {"op": "start_event", "client": ALICE, "event": "zmq-2", "mailboxes": [ALICE]})
+        assert again[0]["op"] == "error" and "already in open event 'zmq-1'" in again[0]["reason"]
+        other = _request(where, {"op": "start_event", "client": CAROL, "event": "zmq-3", "mailboxes": [ALICE]})
+        assert other[0]["op"] == "error" and "may not see mailbox" in other[0]["reason"]
+        assert _request(where, {"op": "end_event", "client": ALICE, "event": "zmq-1"}) == \
+            [{"op": "event_ending", "event": "zmq-1"}]
+        status = _request(where, {"op": "status"})[0]
+        assert status["op"] == "status" and status["events"][0]["phase"] == "ending"
+        assert _request(where, {"op": "fly"})[0] == {"op": "error", "reason": "unknown op 'fly'"}
+        assert _request(where, {"op": "ack", "client": ALICE})[0]["op"] == "error"  # no mailbox: bad request
+    finally:
+        server.stop()
+
+
+def test_client_library_callback_api_acknowledges_what_it_handled(db):
+    from syncengine import client as client_mod
+
+    server = serve(db)
+    try:
+        write_deltas(db, ALICE, 3, "ev1")
+        seen = []
+        listener = client_mod.Client(endpoints.for_store(db), f"{ALICE}/script", [ALICE])
+        try:
+            def handle(delta):
+                seen.append(delta["mailbox_seq"])
+                if len(seen) == 3:
+                    raise StopIteration
+            with pytest.raises(StopIteration):
+                listener.run(handle)
+            listener.ack(ALICE, 3)  # run() acks after the callback returns; the last one is ours
+            for _ in listener.deltas(timeout=2):
+                pass
+            assert listener.acked[ALICE] == 3
+        finally:
+            listener.close()
+        assert seen == [1, 2, 3]
+        row = store.connect(db).execute("SELECT mailbox_seq FROM client_acks WHERE client = ?",
+                                        (f"{ALICE}/script",)).fetchone()
+        assert row == (3,)
+    finally:
+        server.stop()
