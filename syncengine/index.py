@@ -316,9 +316,9 @@ class Writer:
             self.conn.execute("DELETE FROM walk")
             ids = [self._source_id(task) for task, _ in results]
             self._stage([self._staged(source_id, record)
-                         for source_id, (_, result) in zip(ids, results) for record in result.records])
+                         for source_id, (_, result) in zip(ids, results, strict=True) for record in result.records])
             self._merge(ids)
-            for source_id, (task, result) in zip(ids, results):
+            for source_id, (task, result) in zip(ids, results, strict=True):
                 size, mtime_ns = stats[task.path]
                 self._finish_source(source_id, task, size, mtime_ns, result)
                 reports.append(FileReport(str(task.path), result.status, len(result.records), result.errors))

@@ -151,7 +151,7 @@ def _apply(db, step: formats.Step, number: int, now: float, folder: Path, say: S
         if step.do == "snapshot":
             result = engine.add_snapshot(db, folder / step.path, now, journal=journal)
             say(f"{stamp}  snapshot {step.path}: {result.entries} entries in {result.pages} page(s)")
-            for file, reason in result.rejected:
+            for _, reason in result.rejected:
                 say(f"error: rejected page: {reason}")
             for file, reason in result.warnings:
                 say(f"warning: {file}: {reason}")

@@ -62,6 +62,6 @@ def test_corpus_bad_inputs_exit_3_with_a_line_each(tmp_path):
     result = run_cli("index", *map(str, bad), "--db", str(tmp_path / "s.db"), "--mailbox", "u@x.example", "--json")
     assert result.returncode == 3
     lines = json_lines(result.stdout)
-    assert {line["path"]: line["status"] for line in lines[:-1]} == dict(zip(map(str, bad), ["error"] * 3 + ["ok"]))
+    assert {line["path"]: line["status"] for line in lines[:-1]} == dict(zip(map(str, bad), ["error"] * 3 + ["ok"], strict=True))
     assert lines[-1]["summary"]["messages"] == 17
     assert "Traceback" not in result.stderr

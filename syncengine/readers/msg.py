@@ -19,6 +19,7 @@ from extract_msg.constants import ps
 
 from .. import headers, normalise
 from ..record import Record
+from . import mapi
 
 DELIVERY_HEADER = "x-syncengine-delivery"
 _DELIVERY_UTF16 = DELIVERY_HEADER.encode("utf-16-le")
@@ -103,7 +104,7 @@ def _record(msg, locator: str, folder: str, role: str) -> Record:
         mid_source=mid_source,
         submit_ts=submit_ts,
         subject=_string(msg, "0037") or "",
-        sender=_sender(msg, picked),
+        sender=mapi.sender(lambda tag: _string(msg, f"{tag:04X}"), picked),
         recipients=normalise.recipients_key(_recipients(msg, picked)),
         resent_key=normalise.resent_key(headers.first(picked, "resent-message-id"),
                                         headers.first(picked, "resent-date")),
@@ -123,19 +124,6 @@ def _named_delivery(msg) -> str | None:
         if value:
             return str(value)
     return None
-
-
-def _sender(msg, picked: dict[str, list[str]]) -> str | None:
-    for prop in ("5D01", "5D02"):
-        value = normalise.address(_string(msg, prop))
-        if value:
-            return value
-    from_header = normalise.address(headers.first(picked, "from"))
-    if from_header:
-        return from_header
-    if (_string(msg, "0C1E") or "").upper() == "SMTP":
-        return normalise.address(_string(msg, "0C1F"))
-    return normalise.address(_string(msg, "0C1F") or _string(msg, "0065"))
 
 
 def _recipients(msg, picked: dict[str, list[str]]) -> list[str]:

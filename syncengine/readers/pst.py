@@ -16,6 +16,7 @@ import pypff
 
 from .. import folders, headers, normalise
 from ..record import ReadError, Record, SourceResult
+from . import mapi
 
 DELIVERY_HEADER = "x-syncengine-delivery"
 
@@ -23,17 +24,12 @@ DELIVERY_HEADER = "x-syncengine-delivery"
 PR_MESSAGE_CLASS = 0x001A
 PR_SUBJECT = 0x0037
 PR_CLIENT_SUBMIT_TIME = 0x0039
-PR_SENT_REPRESENTING_EMAIL = 0x0065
 PR_TRANSPORT_HEADERS = 0x007D
-PR_SENDER_ADDRTYPE = 0x0C1E
-PR_SENDER_EMAIL = 0x0C1F
 PR_RECIPIENT_TYPE = 0x0C15
 PR_INTERNET_MESSAGE_ID = 0x1035
 PR_ADDRTYPE = 0x3002
 PR_EMAIL_ADDRESS = 0x3003
 PR_SMTP_ADDRESS = 0x39FE
-PR_SENDER_SMTP = 0x5D01
-PR_SENT_REPRESENTING_SMTP = 0x5D02
 PR_IPM_SUBTREE_ENTRYID = 0x35E0
 STORE_ROLE_ENTRYIDS = {0x35E2: "outbox", 0x35E3: "deleted", 0x35E4: "sent"}
 FOLDER_ROLE_ENTRYIDS = {0x36D0: "calendar", 0x36D7: "drafts"}
@@ -269,7 +265,7 @@ def _multi_entryid_nids(props, tag: int) -> list[int | None]:
         return []
     offsets = list(struct.unpack_from(f"<{count}I", data, 4)) + [len(data)]
     nids: list[int | None] = []
-    for start, end in zip(offsets, offsets[1:]):
+    for start, end in zip(offsets, offsets[1:], strict=False):  # consecutive pairs
         value = data[start:end]
         nids.append(struct.unpack_from("<I", value, 20)[0] if len(value) == 24 else None)
     return nids
@@ -355,26 +351,13 @@ def _record(item, folder: str, role: str, named_delivery: tuple[int, ...]) -> Re
         mid_source=mid_source,
         submit_ts=submit_ts,
         subject=_subject(props),
-        sender=_sender(props, picked),
+        sender=mapi.sender(lambda tag: _text(props, tag), picked),
         recipients=normalise.recipients_key(_recipients(item, picked)),
         resent_key=normalise.resent_key(headers.first(picked, "resent-message-id"),
                                         headers.first(picked, "resent-date")),
         message_class=_text(props, PR_MESSAGE_CLASS),
         delivery_tag=delivery.strip() if delivery else None,
     )
-
-
-def _sender(props, picked: dict[str, list[str]]) -> str | None:
-    for tag in (PR_SENDER_SMTP, PR_SENT_REPRESENTING_SMTP):
-        value = normalise.address(_text(props, tag))
-        if value:
-            return value
-    from_header = normalise.address(headers.first(picked, "from"))
-    if from_header:
-        return from_header
-    if (_text(props, PR_SENDER_ADDRTYPE) or "").upper() == "SMTP":
-        return normalise.address(_text(props, PR_SENDER_EMAIL))
-    return normalise.address(_text(props, PR_SENDER_EMAIL) or _text(props, PR_SENT_REPRESENTING_EMAIL))
 
 
 def _recipients(item, picked: dict[str, list[str]]) -> list[str]:
