@@ -84,7 +84,6 @@ class Client:
         self._catching_up = True
         self._hello_sent = time.monotonic()
         self._fetched = 0  # catch-up deltas handed over since this hello
-        self._newer = {}   # mailbox -> newest mailbox_seq seen on the feed while catching up
 
     def _send(self, request: dict) -> None:
         self._dealer.send(json.dumps(request).encode())
@@ -129,7 +128,7 @@ class Client:
                         yield delta
             if self._sub in ready:
                 for name, body in drain(self._sub):
-                    for delta in self._on_feed(name, _DECODE(body)):
+                    for delta in self._on_feed(name, body):
                         handed = True
                         yield delta
             now = time.monotonic()
@@ -167,25 +166,23 @@ class Client:
             for mailbox, seq in reply["mailboxes"].items():  # where the server started, when it sent none
                 if mailbox in self.last:
                     self.last[mailbox] = max(self.last[mailbox], seq)
-            behind = any(self._newer.get(m, 0) > self.last[m] for m in self.mailboxes)
-            if self._fetched or behind:  # a page may have more behind it: ask until one comes back empty
+            if self._fetched:  # a page, or the feed moved on meanwhile: ask until one comes back empty
                 self._hello()
         elif op == "acked":
             self.acked[reply["mailbox"]] = max(self.acked.get(reply["mailbox"], 0), reply["mailbox_seq"])
         elif op == "error":
             raise ClientError(reply.get("reason", "refused"))
 
-    def _on_feed(self, name: bytes, body: dict) -> Iterator[dict]:
+    def _on_feed(self, name: bytes, body: bytes) -> Iterator[dict]:
         self._heard = time.monotonic()
         if name == b"heartbeat":
-            if not self._catching_up and any(body["mailboxes"].get(m, 0) > self.last[m] for m in self.mailboxes):
+            beat = _DECODE(body)
+            if not self._catching_up and any(beat["mailboxes"].get(m, 0) > self.last[m] for m in self.mailboxes):
                 self._hello()  # the last delta before a quiet spell was lost
             return
         if self._catching_up:
-            mailbox = body["mailbox"]
-            self._newer[mailbox] = max(self._newer.get(mailbox, 0), body["mailbox_seq"])
-            return
-        yield from self._accept(body)
+            return  # not even decoded: the catch-up repeats until it brings nothing new
+        yield from self._accept(_DECODE(body))
 
     # --- requests -----------------------------------------------------------------------------
 

@@ -153,6 +153,11 @@ class Scenario:
         (folder / "scenario.json").write_text(json.dumps(doc, indent=1) + "\n")
         if self.corpus:
             (folder / "corpus-files.json").write_text(json.dumps(self.corpus, indent=1) + "\n")
+            copies = "\n".join(f"    cp ../shared/corpus/{source} {folder.relative_to(ROOT)}/{dest}"
+                               for dest, source in self.corpus.items())
+            (folder / "README.md").write_text(
+                f"# {self.name}\n\nBuilt on a real export from the shared corpus, which is not committed. "
+                f"The tests copy it in; to replay by hand, from the repository root:\n\n{copies}\n")
         return folder
 
 
