@@ -88,11 +88,8 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
                 click.echo(f"{report.status}: {report.path}{where}: {error.reason}", err=True)
 
     with progress:
-        if progress.enabled:
-            tasks, _, _ = indexing.discover(paths)
-            progress.start(indexing.count_messages(tasks))
-        summary = indexing.run(database, paths, mailbox, progress=progress.advance,
-                               on_file=on_file, workers=workers)
+        summary = indexing.run(database, paths, mailbox, progress=progress.advance, on_file=on_file,
+                               on_tasks=progress.start if progress.enabled else None, workers=workers)
     if as_json:
         click.echo(json.dumps(summary.as_json()))
     else:
@@ -118,9 +115,9 @@ class _Progress:
             self._bar.__enter__()
         return self
 
-    def start(self, total: int) -> None:
+    def start(self, tasks: list) -> None:
         if self._bar is not None:
-            self._task = self._bar.add_task("indexing", total=total)
+            self._task = self._bar.add_task("indexing", total=indexing.count_messages(tasks))
 
     def advance(self, count: int) -> None:
         if self._bar is not None and self._task is not None:

@@ -7,6 +7,7 @@ replay passes its virtual clock, the command line and the daemon the wall clock.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections import defaultdict
@@ -101,9 +102,16 @@ def add_directory(db: sqlite_utils.Database, path: Path, now: float, journal: Jo
 
 
 def directory_at(conn: sqlite3.Connection, now: float) -> directory_mod.DirectoryView:
+    """The directory sync in force at `now`: the latest one added (C16)."""
     row = conn.execute("SELECT path, body FROM directory_syncs WHERE added_at <= ? ORDER BY added_at DESC, id DESC"
                        " LIMIT 1", (now,)).fetchone()
-    return directory_mod.load(row[1], row[0])[1] if row else directory_mod.EMPTY
+    return _directory_view(row[0], row[1]) if row else directory_mod.EMPTY
+
+
+@functools.lru_cache(maxsize=8)
+def _directory_view(path: str, body: bytes) -> directory_mod.DirectoryView:
+    # The server asks on every hello and subscription; parsing once per sync is enough.
+    return directory_mod.load(body, path)[1]
 
 
 # --- events -------------------------------------------------------------------------------

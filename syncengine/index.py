@@ -158,9 +158,11 @@ def _read_chunk(chunk: list[Task]) -> list[tuple[Task, SourceResult]]:
 def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         now: float | None = None, progress: Progress | None = None,
         on_file: Callable[[FileReport], None] | None = None,
+        on_tasks: Callable[[list[Task]], None] | None = None,
         workers: int | None = None) -> Summary:
     """Index `paths` for `mailbox`; `now` is the engine clock for `seen_at` (replay passes
-    its virtual clock). `on_file` gets each source's report as soon as it is written."""
+    its virtual clock). `on_tasks` gets the files found before any is read (to size a
+    progress bar); `on_file` gets each source's report as soon as it is written."""
     started = time.monotonic()
     now = time.time() if now is None else now
     mailbox = normalise.address(mailbox) or mailbox
@@ -177,6 +179,8 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
             on_file(rep)
 
     tasks, problems, roots = discover(paths)
+    if on_tasks:
+        on_tasks(tasks)
     for rep in problems:
         summary.removed += writer.drop_sources([rep.path])
         report(rep)
