@@ -239,19 +239,40 @@ def _msg(row, offset: int = 0) -> rules.Msg:
                      row[offset + 5])
 
 
+ENTRY_CHUNK = 20_000  # entries decided per step of a poll: bounds memory, not behaviour
+
+_ENTRY_COLUMNS = ("id, entry_id, address, kind, message_id, header_ts, resent_key, sender, recipients,"
+                  " subject_norm, status, expired, message_class, fingerprint, subject, content")
+
+
 def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[dict]:
     addresses = sorted(view.addresses(mailbox))
     groups = view.groups(mailbox) if event.expand_lists else set()
     marks = ", ".join("?" * len(addresses))
-    rows = conn.execute(
-        f"SELECT id, entry_id, address, kind, message_id, header_ts, resent_key, sender, recipients,"
-        f" subject_norm, status, expired, message_class, fingerprint, subject, content FROM entries e"
-        f" WHERE e.visible_at <= ? AND ((e.kind = 'mailbox' AND e.address IN ({marks})) OR"
-        f" (e.kind = 'group' AND ?)) AND NOT EXISTS (SELECT 1 FROM decided d WHERE d.event = ?"
+    ids = [row[0] for row in conn.execute(
+        f"SELECT id FROM entries e WHERE e.visible_at <= ? AND ((e.kind = 'mailbox' AND e.address IN ({marks}))"
+        f" OR (e.kind = 'group' AND ?)) AND NOT EXISTS (SELECT 1 FROM decided d WHERE d.event = ?"
         f" AND d.mailbox = ? AND d.entry = e.id) ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
-        (now, *addresses, int(event.expand_lists), event.id, mailbox)).fetchall()
-    if not rows:
+        (now, *addresses, int(event.expand_lists), event.id, mailbox))]
+    if not ids:
         return []
+    delivered = rules.Delivered()
+    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm"
+                            " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):
+        delivered.add(_msg(row))
+    deltas: list[dict] = []
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_entry (position INTEGER PRIMARY KEY, id INTEGER)")
+    for start in range(0, len(ids), ENTRY_CHUNK):
+        conn.execute("DELETE FROM want_entry")
+        conn.executemany("INSERT INTO want_entry VALUES (?, ?)", enumerate(ids[start:start + ENTRY_CHUNK]))
+        rows = conn.execute(f"SELECT {', '.join('e.' + c.strip() for c in _ENTRY_COLUMNS.split(','))}"
+                            f" FROM want_entry w CROSS JOIN entries e ON e.id = w.id ORDER BY w.position").fetchall()
+        deltas.extend(_decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows, delivered))
+    return deltas
+
+
+def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses: list[str], groups: set[str],
+                  rows: list, delivered: rules.Delivered) -> list[dict]:
     outcomes: list[tuple] = []
     batch = []
     for row in rows:
@@ -260,10 +281,6 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[
         else:
             batch.append(row)
     locals_by_mid, locals_by_key = _candidates(conn, mailbox, batch)
-    delivered = rules.Delivered()
-    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm"
-                            " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):
-        delivered.add(_msg(row))
     at = event.started_at if event.phase == "reconciling" else now
     deltas = []
     for row in batch:

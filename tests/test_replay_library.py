@@ -105,3 +105,12 @@ def test_demo_shows_an_outage_unfolding_and_its_report():
     for text in ("start event outage", "deliver", "send", "purge", "exchange-duplicate",
                  "post-event-duplicate", "delivered 5, deferred 0, purged 2, sent 1, matched 1"):
         assert text in result.stdout
+
+
+@pytest.mark.parametrize("name", ["c5-c6-fallback-without-message-id", "c8-c9-polls-once-into-inbox",
+                                  "c16-c17-distribution-lists-on", "c4-id-and-submit-time"])
+def test_deciding_in_small_chunks_changes_nothing(tmp_path, monkeypatch, name):
+    from syncengine import engine
+    monkeypatch.setattr(engine, "ENTRY_CHUNK", 2)  # C5 peers and C8/C17 "once" span chunks
+    outcome = replay.replay(LIBRARY / name, tmp_path / "store.db")
+    assert not outcome.missing and not outcome.unexpected, (outcome.missing, outcome.unexpected)
