@@ -12,6 +12,7 @@ was written. The same `write_message` is used by the benchmark to make large tre
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from aspose.email_foss.msg import (
 
 PS_INTERNET_HEADERS = "00020386-0000-0000-c000-000000000046"
 PR_CLIENT_SUBMIT_TIME = 0x0039  # not among aspose-email-foss's named tags
+PR_CONVERSATION_INDEX = 0x0071
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -73,9 +75,14 @@ def email_message(spec: Spec) -> EmailMessage:
         message.set_content("See the invitation.")
         message.add_alternative(spec.calendar.encode(), maintype="text", subtype="calendar",
                                 params={"method": "REQUEST"})
+        message.set_boundary("==" + _digest(spec, 16) + "==")  # stable bytes when regenerated
     else:
         message.set_content("Hello.\n")
     return message
+
+
+def _digest(spec: Spec, length: int) -> str:
+    return hashlib.sha256(f"{spec.path}|{spec.subject}|{spec.message_id}".encode()).hexdigest()[:length]
 
 
 def write_message(spec: Spec, root: Path) -> Path:
@@ -94,6 +101,9 @@ def write_message(spec: Spec, root: Path) -> Path:
                       header_block)
     if spec.date:
         mapi.set_property(PR_CLIENT_SUBMIT_TIME, PropertyTypeCode.PTYP_TIME, _ts(spec.date))
+    if spec.date is None:  # the converter stamps "now" into the conversation index otherwise
+        mapi.set_property(PR_CONVERSATION_INDEX, PropertyTypeCode.PTYP_BINARY,
+                          b"\x01" + bytes.fromhex(_digest(spec, 42)))
     if spec.mid_in_headers_only:
         mapi.properties.remove(int(CommonMessagePropertyId.INTERNET_MESSAGE_ID))
     if spec.delivery_as_named_property:
