@@ -381,13 +381,13 @@ def _decide_outbox(conn, event: Event, mailbox: str, now: float) -> list[dict]:
 def _decide_purges(conn, event: Event, mailbox: str, now: float) -> list[dict]:
     limit = now if event.closes_at is None else min(now, event.closes_at)
     rows = conn.execute(
-        f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint"
+        f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint, l.id"
         f" FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
         f" WHERE l.mailbox = ? AND l.received = 1 AND l.delivery_tag IS NULL AND l.seen_at > ?"
         f" AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
         f"   WHERE event = ? AND mailbox = ?)"
         f" AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.event = ? AND p.mailbox = ?"
-        f"   AND p.location = s.path || '#' || l.locator) ORDER BY l.seen_at, l.id",
+        f"   AND p.location = l.id) ORDER BY l.seen_at, l.id",
         (mailbox, event.started_at, limit, event.id, mailbox, event.id, mailbox)).fetchall()
     deltas = []
     for row in rows:
@@ -397,7 +397,7 @@ def _decide_purges(conn, event: Event, mailbox: str, now: float) -> list[dict]:
             " WHERE event = ? AND mailbox = ? AND message_id = ?", (event.id, mailbox, local.message_id))]
         if not rules.purge_match(local, delivered):
             continue
-        conn.execute("INSERT INTO purged VALUES (?, ?, ?)", (event.id, mailbox, row[0]))
+        conn.execute("INSERT INTO purged VALUES (?, ?, ?)", (event.id, mailbox, row[12]))
         late = event.ended_at is not None and row[9] > event.ended_at
         deltas.append({"at": now, "event": event.name, "mailbox": mailbox, "action": "purge",
                        "folder": row[8], "message_id": normalise.display_message_id(local.message_id),

@@ -410,6 +410,20 @@ def scenarios() -> list[Scenario]:
                 .expects("purge", ALICE, "<during@mail.example>", "local:Inbox/Projects/during-copy.eml",
                          "Inbox/Projects"))
 
+    # --- C12 with exchange_remove: the client deletes a purged copy; Exchange delivers it again -----------
+    again = mail("again", "Again and again", "09:01")
+    made.append(Scenario("c12-purged-copy-removed-and-delivered-again")
+                .mailbox(ALICE, [])
+                .start("09:00", "ev1", [ALICE])
+                .snapshot("09:01:30", ALICE, [entry("g1", again)])
+                .exchange("09:03", ALICE, "Inbox", again)
+                .remove("09:03:30", ALICE, "exchange/again.eml")   # the client applied the purge
+                .exchange("09:05", ALICE, "Inbox", again)          # Exchange retries the delivery
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, "<again@mail.example>", "mimecast:g1")
+                .expects("purge", ALICE, "<again@mail.example>", "local:Inbox/again.eml")
+                .expects("purge", ALICE, "<again@mail.example>", "local:Inbox/again.eml"))
+
     # --- C13 Outbox --------------------------------------------------------------------------------------
     queued = Spec("Outbox/queued.eml", "Queued before", ALICE, [EXT], message_id="<queued@acme.example>", date=None)
     already = Spec("Outbox/already.eml", "Already sent", ALICE, [EXT], message_id="<already@acme.example>",

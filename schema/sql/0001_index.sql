@@ -42,7 +42,7 @@ CREATE INDEX messages_message_id ON messages(message_id);
 CREATE INDEX messages_fallback ON messages(sender, subject_norm);
 
 CREATE TABLE locations (
-    id            INTEGER PRIMARY KEY,
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: an id names one appearance
     message       INTEGER NOT NULL REFERENCES messages(id),
     source_id     INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
     mailbox       TEXT NOT NULL,

@@ -116,7 +116,7 @@ CREATE TABLE outbox_done (
 CREATE TABLE purged (
     event    INTEGER NOT NULL,
     mailbox  TEXT NOT NULL,
-    location TEXT NOT NULL,   -- <source path>#<locator>
+    location INTEGER NOT NULL,  -- locations.id: a copy deleted and delivered again is a new location
     PRIMARY KEY (event, mailbox, location)
 ) WITHOUT ROWID;
 
