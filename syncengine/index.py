@@ -32,6 +32,7 @@ OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 BATCH_ROWS = 5000       # staged rows per merge (and per transaction)
 PARALLEL_FROM = 200     # fewer small files than this are parsed in-process
 CHUNK = 64              # files per worker task
+POOL_STORE_BYTES = 64 << 20  # stores up to this size are parsed whole in a worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,13 @@ def read_file(task: Task) -> tuple[Task, SourceResult]:
     return task, result
 
 
+def read_store(task: Task) -> tuple[Task, SourceResult]:
+    """Parse a whole PST/OST (runs in a worker process; only for stores of bounded size)."""
+    result = SourceResult()
+    result.records = list(pst.read(task.path, result))
+    return task, result
+
+
 def _read_chunk(chunk: list[Task]) -> list[tuple[Task, SourceResult]]:
     return [read_file(task) for task in chunk]
 
@@ -209,8 +217,8 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
 
     stores = [c for c in changed if c[0].kind == "pst"]
     files = [c for c in changed if c[0].kind != "pst"]
-    for task, size, mtime_ns in stores:
-        report(writer.write_store(task, size, mtime_ns, progress))
+    for rep in writer.write_stores(stores, progress, workers):
+        report(rep)
     for rep in writer.write_files(files, progress, workers):
         report(rep)
     writer.collect_garbage()
@@ -262,15 +270,33 @@ class Writer:
                 dropped += 1
         return dropped
 
-    def write_store(self, task: Task, size: int, mtime_ns: int, progress: Progress | None) -> FileReport:
-        """Stream one PST/OST through the staging table; merge once at the end so that a
-        store's update is one transaction (a crash leaves the previous state whole)."""
-        result = SourceResult()
+    def write_stores(self, stores: list[tuple[Task, int, int]], progress: Progress | None,
+                     workers: int | None) -> Iterator[FileReport]:
+        """Stores up to POOL_STORE_BYTES are parsed whole in worker processes, several at
+        once; larger ones stream through this process, so memory stays flat."""
+        small = [s for s in stores if s[1] <= POOL_STORE_BYTES]
+        if len(small) < 2 or workers == 1:
+            small = []
+        pooled = {task.path for task, _, _ in small}
+        for task, size, mtime_ns in stores:
+            if task.path not in pooled:
+                result = SourceResult()
+                yield self.write_store(task, size, mtime_ns, pst.read(task.path, result), result, progress)
+        if small:
+            with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+                for (task, size, mtime_ns), (_, result) in zip(small, pool.map(read_store, [s[0] for s in small]),
+                                                               strict=True):
+                    yield self.write_store(task, size, mtime_ns, result.records, result, progress)
+
+    def write_store(self, task: Task, size: int, mtime_ns: int, records: Iterable[Record],
+                    result: SourceResult, progress: Progress | None) -> FileReport:
+        """Pass one PST/OST's records through the staging table; merge once at the end so
+        that a store's update is one transaction (a crash leaves the previous state whole)."""
         source_id = self._source_id(task)
         self.conn.execute("DELETE FROM walk")
         batch: list[tuple] = []
         count = 0
-        for record in pst.read(task.path, result):
+        for record in records:
             count += 1
             batch.append(self._staged(source_id, record))
             if len(batch) >= BATCH_ROWS:

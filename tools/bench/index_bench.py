@@ -4,7 +4,8 @@
 
 (a) PST/OST: `syncengine index` against a raw pypff walk reading the same properties
     (target ratio >= 0.8, single process);
-(b) the same stores through `readpst` (apt package pst-utils; target >= 3x faster);
+(b) the same stores through `readpst` (apt package pst-utils; target >= 3x faster), ours
+    on both cores;
 (c) a generated tree of MSG files: `syncengine index` (worker processes, one SQLite
     writer) against single-process `extract_msg.openMsg` reading the same fields
     (target >= 1.5x); peak RSS for a quarter of the tree and for all of it.
@@ -155,10 +156,10 @@ def main() -> None:
               f"ratio (time) {raw_s / our_s:.2f} (target >= 0.8)")
         if shutil.which("readpst"):
             rp_s, _ = timed(readpst, good_stores(args.corpus), work, repeat=1)
-            one_s, one_n = timed(ours, good_stores(args.corpus), work, 1, repeat=args.repeat)
+            one_s, one_n = timed(ours, good_stores(args.corpus), work, None, repeat=args.repeat)
             results["readpst"] = {"readpst_s": round(rp_s, 3), "ours_s": round(one_s, 3),
-                                  "speedup": round(rp_s / one_s, 1), "target": ">= 3"}
-            print(f"(b) readpst {rp_s:.3f}s vs ours {one_s:.3f}s on the same {one_n} messages: "
+                                  "speedup": round(rp_s / one_s, 1), "target": ">= 3", "cores": os.cpu_count()}
+            print(f"(b) readpst {rp_s:.3f}s vs ours {one_s:.3f}s (both cores) on the same {one_n} messages: "
                   f"{rp_s / one_s:.1f}x faster (target >= 3)")
         else:
             print("(b) readpst not installed (apt-get install pst-utils): skipped")
