@@ -292,22 +292,22 @@ class Writer:
                     result: SourceResult, progress: Progress | None) -> FileReport:
         """Pass one PST/OST's records through the staging table; merge once at the end so
         that a store's update is one transaction (a crash leaves the previous state whole)."""
-        source_id = self._source_id(task)
-        self.conn.execute("DELETE FROM walk")
-        batch: list[tuple] = []
         count = 0
-        for record in records:
-            count += 1
-            batch.append(self._staged(source_id, record))
-            if len(batch) >= BATCH_ROWS:
-                self._stage(batch)
-                if progress:
-                    progress(len(batch))
-                batch = []
-        self._stage(batch)
-        if progress and batch:
-            progress(len(batch))
-        with transaction(self.conn):
+        with transaction(self.conn):  # the source row too: nothing of a store commits alone
+            source_id = self._source_id(task)
+            self.conn.execute("DELETE FROM walk")
+            batch: list[tuple] = []
+            for record in records:
+                count += 1
+                batch.append(self._staged(source_id, record))
+                if len(batch) >= BATCH_ROWS:
+                    self._stage(batch)
+                    if progress:
+                        progress(len(batch))
+                    batch = []
+            self._stage(batch)
+            if progress and batch:
+                progress(len(batch))
             self._merge([source_id])
             self._finish_source(source_id, task, size, mtime_ns, result)
         return FileReport(str(task.path), result.status, count, result.errors, result.skipped)
