@@ -138,10 +138,12 @@ class Event:
         return self.last_poll + self.poll_interval
 
 
+_EVENT_SELECT = ("SELECT id, name, phase, started_at, ended_at, last_poll, expand_lists, poll_interval,"
+                 " post_event_window, calendar_items FROM events")
+
+
 def open_events(conn: sqlite3.Connection) -> list[Event]:
-    return [_event(conn, row) for row in conn.execute(
-        "SELECT id, name, phase, started_at, ended_at, last_poll, expand_lists, poll_interval,"
-        " post_event_window, calendar_items FROM events WHERE phase != 'closed' ORDER BY id")]
+    return [_event(conn, row) for row in conn.execute(f"{_EVENT_SELECT} WHERE phase != 'closed' ORDER BY id")]
 
 
 def _event(conn: sqlite3.Connection, row) -> Event:
@@ -173,9 +175,7 @@ def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expa
             (name, now, now, int(expand_lists), settings.poll_interval, settings.post_event_window,
              int(settings.calendar_items)))
         conn.executemany("INSERT INTO event_mailboxes VALUES (?, ?)", [(cursor.lastrowid, m) for m in wanted])
-        event = _event(conn, conn.execute(
-            "SELECT id, name, phase, started_at, ended_at, last_poll, expand_lists, poll_interval,"
-            " post_event_window, calendar_items FROM events WHERE id = ?", (cursor.lastrowid,)).fetchone())
+        event = _event(conn, conn.execute(f"{_EVENT_SELECT} WHERE id = ?", (cursor.lastrowid,)).fetchone())
         written = _decide(conn, event, now, view)
         conn.execute("UPDATE events SET phase = 'active' WHERE id = ?", (event.id,))
         if journal:
