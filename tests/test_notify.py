@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -253,8 +254,10 @@ def test_client_library_callback_api_acknowledges_what_it_handled(db):
             with pytest.raises(StopIteration):
                 listener.run(handle)
             listener.ack(ALICE, 3)  # run() acks after the callback returns; the last one is ours
-            for _ in listener.deltas(timeout=2):
-                pass
+            deadline = time.monotonic() + 20
+            while listener.acked.get(ALICE, 0) < 3 and time.monotonic() < deadline:
+                for _ in listener.deltas(timeout=0.2):  # handles replies; returns when idle
+                    pass
             assert listener.acked[ALICE] == 3
         finally:
             listener.close()
