@@ -23,7 +23,7 @@ import msgspec
 import zmq
 
 from .endpoints import Endpoints
-from .notify import drain, topic
+from .notify import beat_topic, drain, topic
 
 log = logging.getLogger("syncengine.client")
 
@@ -71,6 +71,7 @@ class Client:
         self._sub.setsockopt(zmq.SUBSCRIBE, b"heartbeat")
         for mailbox in self.mailboxes:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic(mailbox))
+            self._sub.setsockopt(zmq.SUBSCRIBE, beat_topic(mailbox))
         self._dealer = self._socket(zmq.DEALER)
         self._dealer.connect(self.endpoints.router)
         self._heard = time.monotonic()
@@ -175,7 +176,7 @@ class Client:
 
     def _on_feed(self, name: bytes, body: bytes) -> Iterator[dict]:
         self._heard = time.monotonic()
-        if name == b"heartbeat":
+        if name == b"heartbeat" or name.startswith(b"beat."):
             beat = _DECODE(body)
             if not self._catching_up and any(beat["mailboxes"].get(m, 0) > self.last[m] for m in self.mailboxes):
                 self._hello()  # the last delta before a quiet spell was lost

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,14 @@ class Endpoints:
 def for_store(db_path: Path, endpoint: str | None = None) -> Endpoints:
     """The endpoints of the store at `db_path` (or those derived from `endpoint`)."""
     if endpoint is None:
-        folder = Path(str(db_path.absolute()) + ".d") / "run"
-        if len(str(folder / "router.ipc.pub")) >= IPC_LIMIT:
-            folder = runtime_folder() / hashlib.sha256(str(db_path.absolute()).encode()).hexdigest()[:16]
+        real = os.path.realpath(db_path)  # a client naming the store by a symlink finds the same sockets
+        folder = Path(real + ".d") / "run"
+        if len(os.fsencode(folder / "router.ipc.pub")) > IPC_LIMIT:
+            folder = runtime_folder() / hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
         return Endpoints(f"ipc://{folder / 'router.ipc'}", f"ipc://{folder / 'router.ipc'}.pub")
     if endpoint.startswith("ipc://"):
-        if len(endpoint) - len("ipc://") + len(".pub") >= IPC_LIMIT:
-            raise EndpointError(f"{endpoint}: longer than the ipc limit of {IPC_LIMIT - 1} characters")
+        if len(os.fsencode(endpoint[len("ipc://"):] + ".pub")) > IPC_LIMIT:
+            raise EndpointError(f"{endpoint}: PATH.pub is longer than the ipc limit of {IPC_LIMIT} bytes")
         return Endpoints(endpoint, endpoint + ".pub")
     match = re.fullmatch(r"tcp://(.+):(\d+)", endpoint)
     if match:
@@ -60,15 +62,33 @@ def runtime_folder() -> Path:
     """A short folder only this user can enter: $XDG_RUNTIME_DIR, else /tmp/syncengine-<uid>."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     folder = Path(base) / "syncengine" if base else Path(tempfile.gettempdir()) / f"syncengine-{os.getuid()}"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    return owned_folder(folder)
+
+
+def owned_folder(folder: Path) -> Path:
+    """`folder`, made 0700 if missing; refused unless it is a real folder of this user
+    that no one else can enter (N4: in /tmp another user could create it first and
+    swap the sockets)."""
+    try:
+        folder.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise EndpointError(f"{folder}: cannot create ({exc.strerror or exc})") from None
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise EndpointError(f"{folder}: not a folder (a symlink or file is in the way); refusing to use it")
+    if info.st_uid != os.getuid():
+        raise EndpointError(f"{folder}: owned by uid {info.st_uid}, not by this user; refusing to put "
+                            "sockets there (remove it, or set XDG_RUNTIME_DIR)")
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
     return folder
 
 
 def prepare_ipc(endpoints: Endpoints) -> None:
     for path in endpoints.ipc_paths():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
+        owned_folder(path.parent)
 
 
 # --- CURVE keys -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import msgspec
 import sqlite_utils
 
 from . import directory as directory_mod
-from . import formats, normalise, rules, snapshot
+from . import files, formats, normalise, rules, snapshot
 from .store import transaction
 
 
@@ -63,10 +63,17 @@ def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Jou
     """Make the snapshot at `path` visible at `now`: valid pages are stored with their
     content, rejected pages are recorded with the reason and nothing of them applies."""
     loaded = snapshot.load(path)
-    content_dir = store_dir(db) / "content"
+    content_dir = files.private_dir(store_dir(db) / "content")
     for row in loaded.entries:
+        data = None
         if row.content:
-            row.content = snapshot.store_content(row.content, content_dir)
+            try:
+                row.content, data = snapshot.store_content(row.content, content_dir)
+            except OSError as exc:  # vanished or swapped since it was checked
+                loaded.warnings.append((row.content, f"cannot read ({exc.strerror or exc}); delivered without content"))
+                row.content = None
+        if row.message_class is None:
+            row.message_class = snapshot.content_class(data)
     with transaction(db.conn) as conn:
         cursor = conn.execute("INSERT INTO snapshots (path, visible_at, pages, rejected_pages, entries)"
                               " VALUES (?, ?, ?, ?, ?)",
@@ -151,6 +158,14 @@ def _event(conn: sqlite3.Connection, row) -> Event:
     event.mailboxes = [r[0] for r in conn.execute(
         "SELECT mailbox FROM event_mailboxes WHERE event = ? ORDER BY mailbox", (event.id,))]
     return event
+
+
+def event_mailboxes(conn: sqlite3.Connection, name: str) -> list[str]:
+    """The mailboxes event `name` covers; EngineError when there is no such event."""
+    row = conn.execute("SELECT id FROM events WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise EngineError(f"no event {name!r}")
+    return [r[0] for r in conn.execute("SELECT mailbox FROM event_mailboxes WHERE event = ? ORDER BY mailbox", row)]
 
 
 def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expand_lists: bool,
@@ -508,7 +523,8 @@ def status(db: sqlite_utils.Database) -> dict:
                        "report": json.loads(row["report"]) if row["report"] else report(db.conn, row["id"])})
     errors = [{"file": r["file"], "reason": r["reason"]} for r in db.query(
         "SELECT file, reason FROM snapshot_errors ORDER BY rowid DESC LIMIT 10")]
-    errors += [{"file": r["path"], "reason": r["reason"]} for r in db.query(
-        "SELECT path, reason FROM source_errors ORDER BY rowid DESC LIMIT 10")]
+    errors += [{"file": r["path"], "reason": r["reason"], "mailbox": r["mailbox"]} for r in db.query(
+        "SELECT e.path, e.reason, s.mailbox FROM source_errors e JOIN sources s ON s.id = e.source_id"
+        " ORDER BY e.rowid DESC LIMIT 10")]
     return {"events": events, "deltas": db.execute("SELECT count(*) FROM deltas").fetchone()[0],
             "last_errors": errors}

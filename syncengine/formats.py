@@ -200,8 +200,8 @@ def check_time(value: str | None, where: str, path: str) -> int | None:
         return None
     try:
         return normalise.epoch(normalise.parse_iso(value))
-    except ValueError:
-        raise FormatError(f"{where}: {path}: expected an ISO 8601 time with a zone, got {value!r}") from None
+    except (ValueError, OverflowError):  # 9999-12-31T23:59:59-23:59 overflows once made UTC
+        raise FormatError(f"{where}: {path}: expected an ISO 8601 time with a zone, got {value[:60]!r}") from None
 
 
 def write_schemas(folder: Path) -> list[Path]:

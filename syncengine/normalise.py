@@ -61,6 +61,21 @@ def address(raw: str | None) -> str | None:
     return addr or None
 
 
+def mailbox(raw: object) -> str:
+    """A mailbox named by a user or a peer, normalised; ValueError says why it cannot be
+    one. It also names a folder in the store (replay overlays), so it is one safe name."""
+    if not isinstance(raw, str):
+        raise ValueError(f"a mailbox is an address string, not {type(raw).__name__}")
+    norm = address(raw)
+    if not norm:
+        raise ValueError("empty mailbox address")
+    if len(norm) > 254:
+        raise ValueError(f"mailbox address longer than 254 characters: {norm[:40]!r}...")
+    if norm in (".", "..") or any(c in norm for c in "/\\\0") or not norm.isprintable():
+        raise ValueError(f"not a mailbox address: {norm[:60]!r}")
+    return norm
+
+
 def addresses(raw_values: list[str]) -> list[str]:
     """All addresses of header values such as To and Cc, normalised."""
     found = []

@@ -27,7 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from . import endpoints as endpoints_mod
-from . import engine, normalise, store
+from . import engine, files, normalise, protocol, store
 from .store import transaction
 
 log = logging.getLogger("syncengine.notify")
@@ -35,6 +35,7 @@ log = logging.getLogger("syncengine.notify")
 HEARTBEAT_SECONDS = 1.0
 PAGE = 5000                # deltas per mailbox in one catch-up reply
 CHECK_SECONDS = 0.05       # how often to look for deltas committed by other processes
+ACK_BUSY_WAIT = 1.0        # an ack waits this long for another writer, then is answered "busy"
 ZAP_DOMAIN = b"syncengine"
 
 
@@ -88,7 +89,7 @@ class Server:
         """One engine per store: a second server must not silently take over the ipc path."""
         folder = Path(str(self.db_path.absolute()) + ".d")
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handle = open(folder / "serve.lock", "a+")
+        handle = os.fdopen(os.open(folder / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -106,10 +107,12 @@ class Server:
         ctx = self.context
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.SNDHWM, 4 * PAGE)  # a whole page queues without EAGAIN
+        self.router.setsockopt(zmq.SNDHWM, 2 * PAGE + 16)  # a whole reply queues without EAGAIN
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES)  # N5: a bigger one drops the peer
         self.router.setsockopt(zmq.LINGER, 0)
         self.pub = ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_SUBSCRIPTION_BYTES)
         self.pub.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             allowed = endpoints_mod.allowed_clients(self.curve.folder)
@@ -221,8 +224,13 @@ class Server:
             sent += len(rows)
 
     def _heartbeat(self) -> None:
-        body = {"seq": self.published, "mailboxes": self.latest}
-        self.pub.send_multipart([b"heartbeat", json.dumps(body).encode()])
+        """`heartbeat` for liveness; `beat.<mailbox>` with that mailbox's counter, which a
+        CURVE subscriber receives only for the mailboxes it may see. On ipc (one user)
+        `heartbeat` carries every counter too, as formats.md has it."""
+        every = {} if self.curve else self.latest
+        self.pub.send_multipart([b"heartbeat", json.dumps({"seq": self.published, "mailboxes": every}).encode()])
+        for mailbox, latest in self.latest.items():
+            self.pub.send_multipart([beat_topic(mailbox), json.dumps({"mailboxes": {mailbox: latest}}).encode()])
 
     def _drain_subscriptions(self) -> None:
         for (frame,) in drain(self.pub, copy=False):
@@ -230,23 +238,29 @@ class Server:
             if not data or data[0] not in (0, 1):
                 continue
             subscribe, prefix = data[0] == 1, data[1:]
-            allowed = self._may_subscribe(prefix, frame.get("User-Id") if self.curve else None)
-            if not allowed:
-                log.warning("refused subscription to %r by %s", prefix.decode(errors="replace"),
-                            frame.get("User-Id") or "an unauthenticated peer")
+            if not subscribe:  # leaving never needs permission (libzmq sends these itself)
+                self.pub.setsockopt(zmq.UNSUBSCRIBE, prefix)
                 continue
-            self.pub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)
+            allowed = self._may_subscribe(prefix, _user_id(frame) if self.curve else None)
+            if not allowed:
+                log.warning("refused subscription to %s by %s", files.shown(prefix.decode(errors="replace")),
+                            _user_id(frame) or "an unauthenticated peer")
+                continue
+            self.pub.setsockopt(zmq.SUBSCRIBE, prefix)
 
     def _may_subscribe(self, prefix: bytes, user: str | None) -> bool:
         """On ipc the socket's 0600 mode is the boundary; with CURVE a subscriber sees
         heartbeats and the mailboxes its key's address may see (C18 delegates)."""
-        if user is None:
+        if not self.curve:
             return True
+        if user is None:
+            return False
         if prefix == b"heartbeat":
             return True
-        if not prefix.startswith(b"delta.") or not prefix.endswith(b"\0"):
+        kind, _, rest = prefix.partition(b".")
+        if kind not in (b"delta", b"beat") or not rest.endswith(b"\0"):
             return False
-        mailbox = prefix[len(b"delta."):-1].decode(errors="replace")
+        mailbox = rest[:-1].decode(errors="replace")
         return engine.directory_at(self.db.conn, time.time()).may_see(user, mailbox)
 
     def _log_refusal(self, event: dict) -> None:
@@ -259,103 +273,186 @@ class Server:
     # --- requests -------------------------------------------------------------------------------
 
     def _drain_requests(self) -> None:
-        for frames in drain(self.router, copy=False):
+        """Answer every waiting request. Acks of one burst commit in one transaction (one
+        fsync, N1) before any of them is answered; a failing request never stops the loop."""
+        batch = list(drain(self.router, copy=False))
+        acks: list[tuple[bytes, protocol.Ack, str]] = []
+        for frames in batch:
             identity, body = frames[0].bytes, frames[-1]
-            user = body.get("User-Id") if self.curve else None
+            user = _user_id(body) if self.curve else None
             try:
-                request = json.loads(body.bytes)
-                if not isinstance(request, dict):
-                    raise ValueError("a request is a JSON object")
+                request = protocol.parse(body.bytes)
+                if isinstance(request, protocol.Ack):
+                    acks.append((identity, request, self._check_ack(request, user)))
+                    continue
                 replies = self.handle(request, user)
-            except (ValueError, KeyError, TypeError) as exc:
+            except protocol.RequestError as exc:
                 replies = [{"op": "error", "reason": f"bad request: {exc}"}]
-            for reply in replies:
-                body = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                try:
-                    self.router.send_multipart([identity, body], flags=zmq.NOBLOCK)
-                except zmq.ZMQError as exc:  # gone, or its queue is full: it will say hello again
-                    log.info("stopped replying to a client: %s", exc)
-                    break
+            except store.StoreBusy:
+                replies = [{"op": "error", "reason": "the store is busy; send the request again"}]
+            except Exception:  # N5: log it here; the peer learns nothing of our internals
+                log.exception("a request failed")
+                replies = [{"op": "error", "reason": "internal error; the request was not applied"}]
+            self._reply(identity, replies)
+        if acks:
+            self._commit_acks(acks)
 
-    def handle(self, request: dict, user: str | None) -> list[dict | bytes]:
-        """The replies to one request: dicts, or deltas as their stored JSON lines."""
-        op = request.get("op")
-        if op == "hello":
+    def _reply(self, identity: bytes, replies: list) -> None:
+        for reply in replies:
+            frames = reply if isinstance(reply, list) else [reply]
+            frames = [f if isinstance(f, bytes) else json.dumps(f).encode() for f in frames]
+            try:
+                self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # gone, or its queue is full: it will say hello again
+                log.info("stopped replying to a client: %s", exc)
+                return
+
+    def handle(self, request: protocol.Request, user: str | None) -> list:
+        """The replies to one validated request: dicts, deltas as their stored JSON lines,
+        or a list of frames (content)."""
+        if isinstance(request, protocol.Hello):
             return self._hello(request, user)
-        if op == "ack":
-            return self._ack(request, user)
-        if op == "status":
-            return [{"op": "status", **engine.status(self.db), "published": self.published}]
-        if op in ("start_event", "end_event"):
-            return self._event(request, user)
-        return [{"op": "error", "reason": f"unknown op {op!r}"}]
+        if isinstance(request, protocol.Status):
+            return [self._status(request, user)]
+        if isinstance(request, protocol.Content):
+            return self._content(request, user)
+        return self._event(request, user)
 
-    def _client(self, request: dict, user: str | None) -> tuple[str, str]:
+    def _client(self, client: str, user: str | None) -> tuple[str, str]:
         """The client id and the address it acts for: with CURVE, the key's address."""
-        client = str(request["client"])
-        claimed = normalise.address(client.split("/", 1)[0]) or client
+        try:
+            claimed = normalise.mailbox(client.split("/", 1)[0])
+        except ValueError as exc:
+            raise protocol.RequestError(f"client: {exc}") from None
         if user is not None and claimed != user:
-            raise ValueError(f"client {client!r} does not match the address bound to its key")
+            raise protocol.RequestError("client does not match the address bound to its key")
         return client, user or claimed
 
-    def _refused(self, address: str, mailboxes: list[str]) -> str | None:
+    def _refused(self, address: str, mailboxes: list[str]) -> dict | None:
         view = engine.directory_at(self.db.conn, time.time())
         for mailbox in mailboxes:
             if not view.may_see(address, mailbox):
                 log.warning("refused %s access to mailbox %s", address, mailbox)
-                return f"{address} may not see mailbox {mailbox}: its own and delegated mailboxes only"
+                return {"op": "error", "reason": f"{address} may not see mailbox {mailbox}: "
+                                                 "its own and delegated mailboxes only"}
         return None
 
-    def _hello(self, request: dict, user: str | None) -> list[dict | bytes]:
-        client, address = self._client(request, user)
-        mailboxes = [normalise.address(m) or m for m in request["mailboxes"]]
-        refusal = self._refused(address, mailboxes)
+    def _hello(self, request: protocol.Hello, user: str | None) -> list:
+        """Catch-up in the order of `mailboxes`, at most PAGE deltas in all, then caught_up
+        (always sent: the reply fits the ROUTER's queue, which holds two pages)."""
+        client, address = self._client(request.client, user)
+        refusal = self._refused(address, request.mailboxes)
         if refusal:
-            return [{"op": "error", "reason": refusal}]
-        since = request.get("since")
-        replies, last = [], {}
-        for mailbox in mailboxes:
-            if since is not None and mailbox in since:
-                start = int(since[mailbox])
+            return [refusal]
+        since = request.since or {}
+        replies: list = []
+        last = {}
+        for mailbox in request.mailboxes:
+            if mailbox in since:
+                start = since[mailbox]
             else:
                 row = self.db.execute("SELECT mailbox_seq FROM client_acks WHERE client = ? AND mailbox = ?",
                                       (client, mailbox)).fetchone()
                 start = row[0] if row else 0
-            lines = engine.deltas_for(self.db, mailbox, start, PAGE)
+            lines = engine.deltas_for(self.db, mailbox, start, PAGE - len(replies)) if len(replies) < PAGE else []
             replies.extend(lines)
             last[mailbox] = start + len(lines)  # mailbox_seq is gap-free
         return replies + [{"op": "caught_up", "mailboxes": last}]
 
-    def _ack(self, request: dict, user: str | None) -> list[dict]:
-        client, address = self._client(request, user)
-        mailbox = normalise.address(request["mailbox"]) or request["mailbox"]
-        refusal = self._refused(address, [mailbox])
+    def _check_ack(self, request: protocol.Ack, user: str | None) -> str:
+        """N5: the client may see the mailbox, and the ack is within 0..latest."""
+        client, address = self._client(request.client, user)
+        refusal = self._refused(address, [request.mailbox])
         if refusal:
-            return [{"op": "error", "reason": refusal}]
-        seq = int(request["mailbox_seq"])
-        with transaction(self.db.conn) as conn:
-            conn.execute("INSERT INTO client_acks VALUES (?, ?, ?, ?) ON CONFLICT (client, mailbox) DO UPDATE"
-                         " SET mailbox_seq = max(mailbox_seq, excluded.mailbox_seq), acked_at = excluded.acked_at",
-                         (client, mailbox, seq, time.time()))
-        return [{"op": "acked", "mailbox": mailbox, "mailbox_seq": seq}]
+            raise protocol.RequestError(refusal["reason"])
+        latest = self.db.execute("SELECT coalesce(max(mailbox_seq), 0) FROM deltas WHERE mailbox = ?",
+                                 (request.mailbox,)).fetchone()[0]
+        if request.mailbox_seq > latest:
+            raise protocol.RequestError(f"mailbox_seq {request.mailbox_seq} is beyond the latest delta "
+                                        f"of {request.mailbox} ({latest})")
+        return client
 
-    def _event(self, request: dict, user: str | None) -> list[dict]:
-        _, address = self._client(request, user)
-        name, now = str(request["event"]), float(int(time.time()))
+    def _commit_acks(self, acks: list[tuple[bytes, protocol.Ack, str]]) -> None:
         try:
-            if request["op"] == "start_event":
-                mailboxes = [normalise.address(m) or m for m in request["mailboxes"]]
-                refusal = self._refused(address, mailboxes)
+            with transaction(self.db.conn, busy_wait=ACK_BUSY_WAIT) as conn:
+                conn.executemany(
+                    "INSERT INTO client_acks VALUES (?, ?, ?, ?) ON CONFLICT (client, mailbox) DO UPDATE"
+                    " SET mailbox_seq = max(mailbox_seq, excluded.mailbox_seq), acked_at = excluded.acked_at",
+                    [(client, a.mailbox, a.mailbox_seq, time.time()) for _, a, client in acks])
+        except store.StoreBusy:
+            for identity, _, _ in acks:
+                self._reply(identity, [{"op": "error", "reason": "the store is busy; send the ack again"}])
+            return
+        for identity, ack, _ in acks:
+            self._reply(identity, [{"op": "acked", "mailbox": ack.mailbox, "mailbox_seq": ack.mailbox_seq}])
+
+    def _status(self, request: protocol.Status, user: str | None) -> dict:
+        """Only the events and errors of mailboxes the client may see (N5); on ipc without
+        a client id, the owner's view of everything."""
+        info = engine.status(self.db)
+        if user is None and request.client is None:
+            return {"op": "status", **info, "published": self.published}
+        _, address = self._client(request.client or user, user)
+        view = engine.directory_at(self.db.conn, time.time())
+        events = []
+        for item in info["events"]:
+            visible = [m for m in item["mailboxes"] if view.may_see(address, m)]
+            if visible:
+                events.append({**item, "mailboxes": visible,
+                               "report": {m: c for m, c in item["report"].items() if m in visible}})
+        errors = [e for e in info["last_errors"] if e.get("mailbox") and view.may_see(address, e["mailbox"])]
+        return {"op": "status", "events": events, "last_errors": errors, "waiting": [
+            w for w in info.get("waiting", []) if view.may_see(address, w["mailbox"])]}
+
+    def _content(self, request: protocol.Content, user: str | None) -> list:
+        """The bytes a deliver or send delta names, for a client that cannot read the
+        engine's files: a JSON header frame, then the raw message."""
+        _, address = self._client(request.client, user)
+        refusal = self._refused(address, [request.mailbox])
+        if refusal:
+            return [refusal]
+        row = self.db.execute("SELECT content FROM deltas WHERE mailbox = ? AND mailbox_seq = ?",
+                              (request.mailbox, request.mailbox_seq)).fetchone()
+        header = {"op": "content", "mailbox": request.mailbox, "mailbox_seq": request.mailbox_seq}
+        if row is None:
+            return [{"op": "error", "reason": f"no delta {request.mailbox_seq} for {request.mailbox}"}]
+        if row[0] is None:
+            return [{"op": "error", "reason": "that delta has no content (content: null)"}]
+        try:
+            data = files.read_regular(Path(row[0]))
+        except OSError:
+            return [{"op": "error", "reason": "the content file is no longer readable"}]
+        return [[{**header, "size": len(data)}, data]]
+
+    def _event(self, request: protocol.StartEvent | protocol.EndEvent, user: str | None) -> list[dict]:
+        _, address = self._client(request.client, user)
+        now = float(int(time.time()))
+        try:
+            if isinstance(request, protocol.StartEvent):
+                refusal = self._refused(address, request.mailboxes)
                 if refusal:
-                    return [{"op": "error", "reason": refusal}]
-                written = engine.start_event(self.db, name, mailboxes,
-                                             bool(request.get("expand_distribution_lists")), now)
+                    return [refusal]
+                written = engine.start_event(self.db, request.event, request.mailboxes,
+                                             request.expand_distribution_lists, now)
                 self.publish_new()
-                return [{"op": "event_started", "event": name, "deltas": len(written)}]
-            engine.end_event(self.db, name, now)
-            return [{"op": "event_ending", "event": name}]
+                return [{"op": "event_started", "event": request.event, "deltas": len(written)}]
+            covered = engine.event_mailboxes(self.db.conn, request.event)
+            refusal = self._refused(address, covered)
+            if refusal:  # N5: ending an event is as much an act on its mailboxes as starting one
+                return [refusal]
+            engine.end_event(self.db, request.event, now)
+            return [{"op": "event_ending", "event": request.event}]
         except engine.EngineError as exc:
             return [{"op": "error", "reason": str(exc)}]
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The address bound to the peer's CURVE key; None for frames libzmq made itself
+    (an XPUB unsubscribe when a peer leaves carries no metadata)."""
+    try:
+        return frame.get("User-Id")
+    except (zmq.ZMQError, KeyError, UnicodeDecodeError):
+        return None
 
 
 def drain(sock: zmq.Socket, copy: bool = True):
@@ -371,6 +468,10 @@ def drain(sock: zmq.Socket, copy: bool = True):
 def topic(mailbox: str) -> bytes:
     """The zero byte ends the topic, so subscribing to one address never matches a longer one."""
     return f"delta.{mailbox}".encode() + b"\0"
+
+
+def beat_topic(mailbox: str) -> bytes:
+    return f"beat.{mailbox}".encode() + b"\0"
 
 
 class Waker:

@@ -10,7 +10,6 @@ and ends with the same delta log.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import engine, formats, index, normalise, store
+from . import engine, files, formats, index, normalise, store
 from .store import transaction
 
 LOAD_STEP = -1  # exports and directory, before the first timeline entry
@@ -57,6 +56,28 @@ def load_scenario(folder: Path) -> formats.Scenario:
         for name in needs:
             if getattr(step, name) is None:
                 raise formats.FormatError(f"{where}: $.timeline[{number}].{name}: required for {step.do!r}")
+        try:  # N4: checked before anything runs, so a bad step cannot act half-way
+            if step.mailbox is not None:
+                step.mailbox = normalise.mailbox(step.mailbox)
+            if step.folder is not None:
+                files.inside(folder, step.folder, f"$.timeline[{number}].folder")
+            if step.path is not None:  # whether it exists is the step's own concern (N3)
+                files.inside(folder, step.path, f"$.timeline[{number}].path")
+        except (ValueError, files.OutsideError) as exc:
+            raise formats.FormatError(f"{where}: {exc}") from None
+    for number, mailbox in enumerate(scenario.mailboxes):
+        try:
+            mailbox.address = normalise.mailbox(mailbox.address)
+            files.inside(folder, mailbox.export, f"$.mailboxes[{number}].export")
+        except files.OutsideError as exc:
+            raise formats.FormatError(f"{where}: {exc}") from None
+        except ValueError as exc:
+            raise formats.FormatError(f"{where}: $.mailboxes[{number}].address: {exc}") from None
+    if scenario.directory is not None:
+        try:
+            files.inside(folder, scenario.directory, "$.directory")
+        except files.OutsideError as exc:
+            raise formats.FormatError(f"{where}: {exc}") from None
     formats.check_time(scenario.until, str(where), "$.until")
     return scenario
 
@@ -110,7 +131,7 @@ def _run(db: sqlite_utils.Database, scenario: formats.Scenario, folder: Path, sa
                 _mark(db.conn, number, now)
                 say(f"{normalise.iso(now)}  restart: the engine stops hard and starts again from its store")
                 return False
-            _apply(db, step, number, now, folder, say)
+            _apply(db, scenario, number, now, folder, say)
         due = engine.due_events(db, now)
         if due:
             for delta in engine.poll(db, now, due):
@@ -124,9 +145,9 @@ def _load(db, scenario: formats.Scenario, folder: Path, now: float, say: Say) ->
         _index(db, [folder / mailbox.export], mailbox.address, now, say)
     if scenario.directory:
         try:
-            engine.add_directory(db, folder / scenario.directory, now, journal=lambda c: _mark(c, LOAD_STEP, now))
+            engine.add_directory(db, _input(folder, scenario.directory), now, journal=lambda c: _mark(c, LOAD_STEP, now))
             return
-        except formats.FormatError as exc:
+        except (formats.FormatError, files.OutsideError) as exc:
             say(f"error: {exc}")
     with transaction(db.conn) as conn:
         _mark(conn, LOAD_STEP, now)
@@ -140,16 +161,22 @@ def _index(db, paths: list[Path], mailbox: str, now: float, say: Say) -> None:
     index.run(db, paths, mailbox, now=now, on_file=report, workers=1)
 
 
+def _input(folder: Path, name: str) -> Path:
+    """A file or folder the scenario names, resolved inside the scenario (N4)."""
+    return files.confined(folder, name, str(folder / name), folder_ok=True)
+
+
 def _mark(conn: sqlite3.Connection, number: int, now: float) -> None:
     conn.execute("INSERT OR IGNORE INTO replay_steps VALUES (?, ?)", (number, now))
 
 
-def _apply(db, step: formats.Step, number: int, now: float, folder: Path, say: Say) -> None:
+def _apply(db, scenario: formats.Scenario, number: int, now: float, folder: Path, say: Say) -> None:
+    step = scenario.timeline[number]
     journal = lambda conn: _mark(conn, number, now)  # noqa: E731 - the step commits with its effect
     stamp = normalise.iso(now)
     try:
         if step.do == "snapshot":
-            result = engine.add_snapshot(db, folder / step.path, now, journal=journal)
+            result = engine.add_snapshot(db, _input(folder, step.path), now, journal=journal)
             say(f"{stamp}  snapshot {step.path}: {result.entries} entries in {result.pages} page(s)")
             for _, reason in result.rejected:
                 say(f"error: rejected page: {reason}")
@@ -157,7 +184,7 @@ def _apply(db, step: formats.Step, number: int, now: float, folder: Path, say: S
                 say(f"warning: {file}: {reason}")
             return
         if step.do == "directory_sync":
-            engine.add_directory(db, folder / step.path, now, journal=journal)
+            engine.add_directory(db, _input(folder, step.path), now, journal=journal)
             say(f"{stamp}  directory sync {step.path}")
             return
         if step.do == "start_event":
@@ -170,33 +197,45 @@ def _apply(db, step: formats.Step, number: int, now: float, folder: Path, say: S
             engine.end_event(db, step.event, now, journal=journal)
             say(f"{stamp}  end event {step.event}")
             return
-        _exchange(db, step, now, folder, say)
-    except (formats.FormatError, engine.EngineError) as exc:
+        _exchange(db, step, number, now, folder, scenario.timeline, say)
+    except (formats.FormatError, engine.EngineError, files.OutsideError) as exc:
         say(f"error: {stamp} {step.do}: {exc}")
     with transaction(db.conn) as conn:  # steps whose effect is not one engine transaction
         _mark(conn, number, now)
 
 
 def overlay_root(db, mailbox: str) -> Path:
-    return engine.store_dir(db) / "overlay" / (normalise.address(mailbox) or mailbox)
+    return engine.store_dir(db) / "overlay" / normalise.mailbox(mailbox)
 
 
-def _exchange(db, step: formats.Step, now: float, folder: Path, say: Say) -> None:
+def _exchange(db, step: formats.Step, number: int, now: float, folder: Path, steps: list[formats.Step],
+              say: Say) -> None:
     """A message appears in (or leaves) the mailbox as the daemon would see the exported
-    store change: the file lands in the mailbox's overlay tree and is indexed from there."""
-    root = overlay_root(db, step.mailbox)
+    store change: the file lands in the mailbox's overlay tree and is indexed from there.
+    Every path stays inside the scenario and the overlay (N4; checked at load too)."""
+    root = files.private_dir(overlay_root(db, step.mailbox))
     name = Path(step.path).name
     if step.do == "exchange_remove":
-        for found in root.rglob(name) if root.exists() else []:
-            found.unlink()
+        added = [s for s in steps[:number] if s.do in ("exchange_deliver", "outbox_add")
+                 and s.mailbox == step.mailbox and s.path == step.path]
+        if not added:
+            raise formats.FormatError(f"exchange_remove: no earlier step added {files.shown(step.path)}")
+        target = files.inside(root, f"{_overlay_folder(added[-1])}/{name}", "exchange_remove")
+        target.unlink(missing_ok=True)
+        if target.parent.exists():
+            files.fsync_dir(target.parent)
         say(f"{normalise.iso(now)}  {step.mailbox}: {name} removed")
     else:
-        target_folder = "Outbox" if step.do == "outbox_add" else step.folder
-        target = root / target_folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / step.path, target)
-        say(f"{normalise.iso(now)}  {step.mailbox}: {name} appears in {target_folder}")
+        source = files.confined(folder, step.path, "path")
+        target = files.inside(root, f"{_overlay_folder(step)}/{name}", "folder")
+        files.private_dir(target.parent)
+        files.write_durable(target, files.read_regular(source))
+        say(f"{normalise.iso(now)}  {step.mailbox}: {name} appears in {_overlay_folder(step)}")
     _index(db, [root], step.mailbox, now, say)
+
+
+def _overlay_folder(step: formats.Step) -> str:
+    return "Outbox" if step.do == "outbox_add" else step.folder
 
 
 def _describe(delta: dict) -> str:

@@ -7,17 +7,16 @@ or a `meta.status` other than 200 is rejected whole; the other pages still apply
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 
-from . import formats, headers, normalise
+from . import files, formats, headers, normalise
 
 _PAGE = re.compile(r"^snapshot(-\d+)?\.json$")
+MAX_PAGE_BYTES = 256 << 20  # a page of 500 entries is well under 1 MiB
 
 
 @dataclass
@@ -36,7 +35,7 @@ class EntryRow:
     subject_norm: str
     status: str | None
     expired: bool
-    message_class: str
+    message_class: str | None  # None: taken from the content when it is stored (formats.md)
     resent_key: str | None
     content: str | None     # path of the source file, copied into the store by the engine
     fingerprint: str
@@ -68,6 +67,11 @@ def load(path: Path) -> Loaded:
     for number, page_path in enumerate(page_files(path), start=1):
         result.pages += 1
         try:
+            page_path = files.confined(folder, page_path.name, str(page_path))
+        except files.OutsideError as exc:  # N4: a page that is a symlink out, a FIFO, ...
+            result.rejected.append((str(page_path), str(exc)))
+            continue
+        try:
             result.entries.extend(_page(page_path, number, folder, result.warnings))
         except formats.FormatError as exc:
             result.rejected.append((str(page_path), str(exc)))
@@ -77,7 +81,7 @@ def load(path: Path) -> Loaded:
 def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]) -> list[EntryRow]:
     where = str(path)
     try:
-        data = path.read_bytes()
+        data = files.read_regular(path, MAX_PAGE_BYTES)
     except OSError as exc:
         raise formats.FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
     page = formats.decode(data, formats.SnapshotPage, where)
@@ -86,7 +90,10 @@ def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]
     if page.fail:
         raise formats.FormatError(f"{where}: $.fail: the API reported {len(page.fail)} failure(s): "
                                   f"{str(page.fail[0])[:200]}")
-    address = normalise.address(page.meta.snapshot.address) or page.meta.snapshot.address
+    address = normalise.address(page.meta.snapshot.address)
+    if not address:
+        raise formats.FormatError(f"{where}: $.meta.snapshot.address: not an address: "
+                                  f"{files.shown(page.meta.snapshot.address)}")
     rows = []
     for position, entry in enumerate(page.data):
         rows.append(_entry(entry, position, number, address, page.meta.snapshot.kind, folder, where, warnings))
@@ -102,12 +109,10 @@ def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: s
     resent = normalise.resent_key(wanted.get("resent-message-id"), wanted.get("resent-date"))
     content = None
     if entry.content:
-        candidate = folder / entry.content
-        if candidate.is_file():
-            content = str(candidate)
-        else:  # C6: still deliver, with content null, so the client fetches it itself
-            warnings.append((where, f"{base}.content: no such file {entry.content!r}; delivered without content"))
-    message_class = entry.messageClass or _content_class(content)
+        try:  # N4: only a regular file inside the snapshot folder is ever read
+            content = str(files.confined(folder, entry.content, f"{base}.content"))
+        except files.OutsideError as exc:  # C6: still delivered, with content null
+            warnings.append((where, f"{exc}; delivered without content"))
     mid = normalise.message_id(entry.mimeMessageId)
     if mid:
         fingerprint = normalise.fingerprint(normalise.identity(mid, header_ts, resent))
@@ -117,30 +122,23 @@ def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: s
         [a for a in (normalise.address(x.emailAddress) for x in entry.to + entry.cc) if a])
     return EntryRow(page, position, entry.id, address, kind, mid, header_ts, received,
                     normalise.address(entry.from_.emailAddress), recipients, entry.subject,
-                    normalise.subject(entry.subject), entry.status, entry.expired, message_class,
+                    normalise.subject(entry.subject), entry.status, entry.expired, entry.messageClass,
                     resent, content, fingerprint)
 
 
-def _content_class(content: str | None) -> str:
+def content_class(data: bytes | None) -> str:
     """formats.md: without `messageClass`, the class comes from a text/calendar body part."""
-    if content is None:
-        return "IPM.Note"
-    data = Path(content).read_bytes()
-    if b"text/calendar" not in data.lower():
+    if data is None or b"text/calendar" not in data.lower():
         return "IPM.Note"
     return headers.mime_class(BytesParser(policy=policy.compat32).parsebytes(data))
 
 
-def store_content(source: str, content_dir: Path) -> str:
-    """Copy an entry's raw message into the store, readable by the owner only, so a
-    client can fetch it after the snapshot folder is gone. Named by its digest."""
-    data = Path(source).read_bytes()
-    content_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(content_dir, 0o700)
+def store_content(source: str, content_dir: Path) -> tuple[str, bytes]:
+    """Copy an entry's raw message into the store (N1: durable before the commit that
+    names it; N4: owner only), so a client can fetch it after the snapshot folder is
+    gone. Named by the digest of the bytes read once, which are the bytes written."""
+    data = files.read_regular(Path(source))
     target = content_dir / (hashlib.sha256(data).hexdigest()[:32] + ".eml")
     if not target.exists():
-        partial = target.with_suffix(".part")
-        shutil.copyfile(source, partial)
-        os.chmod(partial, 0o600)
-        os.replace(partial, target)
-    return str(target)
+        files.write_durable(target, data)
+    return str(target), data

@@ -232,7 +232,7 @@ def test_c1_events_start_and_end_over_zeromq_and_status_and_errors_answer(db):
             [{"op": "event_ending", "event": "zmq-1"}]
         status = _request(where, {"op": "status"})[0]
         assert status["op"] == "status" and status["events"][0]["phase"] == "ending"
-        assert _request(where, {"op": "fly"})[0] == {"op": "error", "reason": "unknown op 'fly'"}
+        assert _request(where, {"op": "fly"})[0] == {"op": "error", "reason": "bad request: Invalid value 'fly' - at `$.op`"}
         assert _request(where, {"op": "ack", "client": ALICE})[0]["op"] == "error"  # no mailbox: bad request
     finally:
         server.stop()

@@ -1,0 +1,152 @@
+"""Files the engine writes, and files it reads because an input named them.
+
+Durable (N1): a file that a committed row names is written under a temporary name,
+fsynced, renamed into place, and its folder fsynced, all before that commit, as
+mbsync does for its state. After a power loss a delta never names a missing file.
+
+Confined (N4): a path named inside an input (a snapshot's `content`, a scenario's
+folder or file) is resolved here, once, and must stay inside the folder it is
+relative to and name a regular file; anything else is refused with the reason.
+
+Private (N4): everything the store writes is for its owner only, whatever the umask.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+NAME_MAX = 255     # bytes in one path component, as on every file system we meet
+PATH_MAX = 4096
+
+
+class OutsideError(ValueError):
+    """A path named by an input that leads outside its folder or to no regular file."""
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or creation inside `folder` durable. Windows cannot open folders; its
+    MoveFileEx with write-through is what os.replace already does there."""
+    if os.name == "nt":
+        return
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder` (and missing parents) with mode 0700; a newly made one is durable."""
+    folder = Path(folder)
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for made in reversed(missing):
+        os.mkdir(made, 0o700)
+        fsync_dir(made.parent)
+    if folder.stat().st_uid == os.getuid():
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def write_durable(target: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `target` so that after any crash it is either absent or whole."""
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.part")
+    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), mode)
+    try:
+        if hasattr(os, "fchmod"):  # O_CREAT's mode is masked by the umask; an old file keeps its own
+            os.fchmod(handle, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(handle, view):]
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+    os.replace(partial, target)
+    fsync_dir(target.parent)
+
+
+def _relative(name: str, what: str) -> Path:
+    """`name` as a relative path with no `..`, or OutsideError."""
+    if not isinstance(name, str) or not name:
+        raise OutsideError(f"{what}: empty")
+    if "\0" in name:
+        raise OutsideError(f"{what}: contains a NUL character")
+    if len(name.encode("utf-8", "surrogateescape")) > PATH_MAX:
+        raise OutsideError(f"{what}: longer than {PATH_MAX} bytes")
+    relative = Path(name)
+    if relative.is_absolute() or relative.drive or name.startswith(("/", "\\")):
+        raise OutsideError(f"{what}: {shown(name)} is absolute; it must be relative to its folder")
+    if ".." in name.replace("\\", "/").split("/"):
+        raise OutsideError(f"{what}: {shown(name)} climbs out with '..'")
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in relative.parts):
+        raise OutsideError(f"{what}: a name in {shown(name)} is longer than {NAME_MAX} bytes")
+    return relative
+
+
+def _within(base: Path, resolved: Path) -> bool:
+    return resolved == base or base in resolved.parents
+
+
+def confined(root: Path, name: str, what: str = "path", folder_ok: bool = False) -> Path:
+    """The regular file (or with `folder_ok`, the folder) `name` names inside `root`, or
+    OutsideError saying why not. Symlinks are followed only while they stay inside `root`."""
+    relative = _relative(name, what)
+    base = Path(root).resolve()
+    try:
+        resolved = (base / relative).resolve(strict=True)
+    except FileNotFoundError:
+        raise OutsideError(f"{what}: no such file {shown(name)}") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise OutsideError(f"{what}: {shown(name)} cannot be resolved ({exc})") from None
+    if not _within(base, resolved):
+        raise OutsideError(f"{what}: {shown(name)} leads outside {root} (through a symlink)")
+    try:
+        info = resolved.stat()
+    except OSError as exc:
+        raise OutsideError(f"{what}: {shown(name)}: {exc.strerror or exc}") from None
+    if not (stat.S_ISREG(info.st_mode) or (folder_ok and stat.S_ISDIR(info.st_mode))):
+        raise OutsideError(f"{what}: {shown(name)} is not a regular file")
+    return resolved
+
+
+def inside(root: Path, name: str, what: str = "path") -> Path:
+    """Where `name` would be inside `root`, for a file an input asks us to create or
+    remove: relative, no `..`, and no folder on the way a symlink that leads out."""
+    relative = _relative(name, what)
+    base = Path(root).resolve()
+    target = base / relative
+    existing = target.parent
+    while not existing.exists() and existing != base:
+        existing = existing.parent
+    if not _within(base, existing.resolve()):
+        raise OutsideError(f"{what}: {shown(name)} leads outside {root} (through a symlink)")
+    return target
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, opened without following a final symlink and without
+    blocking on a FIFO or device; OSError (with a reason) for anything else."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    handle = os.open(path, flags)
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"not a regular file: {path}")
+        if limit is not None and info.st_size > limit:
+            raise OSError(f"larger than {limit} bytes: {path}")
+        with os.fdopen(handle, "rb", closefd=False) as stream:
+            return stream.read()
+    finally:
+        os.close(handle)
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """Text from an input made safe to print: control characters escaped, long text cut."""
+    safe = text.encode("unicode_escape", "backslashreplace").decode("ascii") if not text.isprintable() else text
+    return repr(safe[:limit] + ("..." if len(safe) > limit else ""))
