@@ -67,8 +67,8 @@ class Proc:
         return self.popen.returncode
 
 
-def serve(db: Path, *extra: str) -> Proc:
-    server = Proc("serve", "--db", str(db), "-v", *extra)
+def serve(db: Path, *extra: str, env: dict | None = None) -> Proc:
+    server = Proc("serve", "--db", str(db), "-v", *extra, env=env)
     server.wait_for(lambda p: any(line.startswith("serving") for line in p.err), what="the serving line")
     return server
 
