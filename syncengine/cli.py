@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import engine, formats, replay as replaying, store
+from . import engine, formats, normalise, replay as replaying, store
 from . import index as indexing
 
 EXIT_OK = 0
@@ -22,7 +22,20 @@ DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path)
                          help="The store (a SQLite file; created if missing).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Errors any command can meet (a store held by another writer past the wait, a
+    full disk) end as one clear line and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except store.StoreError as exc:
+            _fail(str(exc), EXIT_STORE)
+        except OSError as exc:
+            _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_STORE)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="syncengine")
 def cli() -> None:
     """syncengine: keep a mailbox whole through an Exchange outage.
@@ -34,12 +47,11 @@ def cli() -> None:
     """
 
 
-def open_store(db: Path):
+def open_store(db: Path, create: bool = True):
     try:
-        return store.connect(db)
+        return store.connect(db, create=create)
     except store.StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_STORE)
+        _fail(str(exc), EXIT_STORE)
 
 
 @cli.command()
@@ -76,6 +88,10 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
       syncengine index ~/exports/alice.pst --db alice.db --mailbox alice@acme.example
       syncengine index ~/exports/alice-msg/ --db alice.db --mailbox alice@acme.example --json
     """
+    try:
+        mailbox = normalise.mailbox(mailbox)
+    except ValueError as exc:
+        _fail(f"--mailbox: {exc}", 2)
     database = open_store(db)
     progress = _Progress(enabled=not as_json and sys.stderr.isatty())
 
@@ -85,7 +101,7 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
         elif report.status != "ok":
             for error in report.errors:
                 where = "" if error.where == report.path else f" ({error.where})"
-                click.echo(f"{report.status}: {report.path}{where}: {error.reason}", err=True)
+                click.echo(printable(f"{report.status}: {report.path}{where}: {error.reason}"), err=True)
 
     with progress:
         summary = indexing.run(database, paths, mailbox, progress=progress.advance, on_file=on_file,
@@ -128,12 +144,18 @@ class _Progress:
             self._bar.__exit__(*exc)
 
 
+def printable(text: str) -> str:
+    """Text from mail made safe for a terminal or a log line: control characters (and
+    the escapes they start) are shown escaped, never sent raw."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _now() -> float:
     return float(int(time.time()))
 
 
 def _fail(message: str, code: int = EXIT_REFUSED):
-    click.echo(f"error: {message}", err=True)
+    click.echo(printable(f"error: {message}"), err=True)
     sys.exit(code)
 
 
@@ -169,6 +191,7 @@ def replay(scenario: Path, deltas_file: Path | None, db: Path | None, quiet: boo
 
 def _run_replay(scenario: Path, deltas_file: Path | None, db: Path | None, quiet: bool, pace: float) -> None:
     def say(text: str) -> None:
+        text = printable(text)
         if text.startswith(("error:", "warning:", "partial:")):
             click.echo(text, err=True)
         elif not quiet:
@@ -342,14 +365,14 @@ def sync(db: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line (formats.md, \"Delta log\").")
 def deltas(db: Path, since: int, as_json: bool) -> None:
     """The delta log, in seq order."""
-    database = open_store(db)
+    database = open_store(db, create=False)
     for delta in engine.deltas(database, since):
         if as_json:
             click.echo(json.dumps(delta, ensure_ascii=False))
         else:
-            what = delta["message_id"] or delta["subject"] or ""
-            click.echo(f"{delta['seq']:>6} {delta['at']} {delta['action']:<7} {delta['mailbox']} {what} "
-                       f"[{delta['source']}] {delta['reason']}")
+            what = printable(delta["message_id"] or delta["subject"] or "")
+            click.echo(f"{delta['seq']:>6} {delta['at']} {delta['action']:<7} {printable(delta['mailbox'])} {what} "
+                       f"[{printable(delta['source'])}] {delta['reason']}")
 
 
 @cli.command()
@@ -357,7 +380,7 @@ def deltas(db: Path, since: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
 def status(db: Path, as_json: bool) -> None:
     """Events, their phase and counts, and the last errors."""
-    database = open_store(db)
+    database = open_store(db, create=False)
     info = engine.status(database)
     if as_json:
         click.echo(json.dumps(info, indent=1))
@@ -371,7 +394,7 @@ def status(db: Path, as_json: bool) -> None:
             click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo(f"{info['deltas']} deltas in the log")
     for error in info["last_errors"]:
-        click.echo(f"error: {error['file']}: {error['reason']}")
+        click.echo(printable(f"error: {error['file']}: {error['reason']}"))
 
 
 ENDPOINT_OPTION = click.option(
@@ -463,8 +486,8 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
             if as_json:
                 click.echo(json.dumps(delta, ensure_ascii=False))
             else:
-                click.echo(f"{delta['mailbox']} #{delta['mailbox_seq']} {delta['action']} "
-                           f"{delta['message_id'] or delta['subject'] or ''} ({delta['reason']})")
+                click.echo(f"{printable(delta['mailbox'])} #{delta['mailbox_seq']} {delta['action']} "
+                           f"{printable(delta['message_id'] or delta['subject'] or '')} ({delta['reason']})")
             sys.stdout.flush()
             if ack:
                 listener.ack(delta["mailbox"], delta["mailbox_seq"])
@@ -493,5 +516,8 @@ def keys_generate(folder: Path, client_address: str | None) -> None:
     """
     from . import endpoints as endpoints_mod
 
-    public, secret = endpoints_mod.generate(folder, client_address)
+    try:
+        public, secret = endpoints_mod.generate(folder, client_address)
+    except endpoints_mod.EndpointError as exc:
+        _fail(str(exc), EXIT_STORE)
     click.echo(f"public {public}\nsecret {secret}")

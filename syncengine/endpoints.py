@@ -96,6 +96,13 @@ def prepare_ipc(endpoints: Endpoints) -> None:
 def generate(folder: Path, client: str | None = None) -> tuple[Path, Path]:
     """The server's key pair in `folder`, or, with `client`, a client's key pair in
     `folder/clients/`, its public certificate bound to that address (the allow-list)."""
+    try:
+        return _generate(folder, client)
+    except OSError as exc:
+        raise EndpointError(f"{exc.filename or folder}: cannot write keys ({exc.strerror or exc})") from None
+
+
+def _generate(folder: Path, client: str | None) -> tuple[Path, Path]:
     if client is None:
         folder.mkdir(parents=True, exist_ok=True)
         public, secret = zmq.auth.create_certificates(str(folder), SERVER_CERT)
@@ -115,6 +122,8 @@ def generate(folder: Path, client: str | None = None) -> tuple[Path, Path]:
 
 def allowed_clients(folder: Path) -> dict[bytes, str]:
     """z85 public key -> the address it is bound to, from `folder/clients/*.key`."""
+    if not folder.is_dir():
+        raise EndpointError(f"{folder}: no such keys folder (make one with `syncengine keys generate {folder}`)")
     allowed = {}
     for cert in sorted((folder / "clients").glob("*.key")):
         public, _ = zmq.auth.load_certificate(str(cert))
@@ -138,12 +147,18 @@ def _metadata(cert: Path) -> dict[str, str]:
 
 
 def load_secret(path: Path) -> tuple[bytes, bytes]:
-    public, secret = zmq.auth.load_certificate(str(path))
+    try:
+        public, secret = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise EndpointError(f"{path}: not a readable key file ({exc.strerror if isinstance(exc, OSError) and exc.strerror else 'invalid'})") from None
     if not secret:
         raise EndpointError(f"{path}: not a secret key file (expected a .key_secret)")
     return public, secret
 
 
 def load_public(path: Path) -> bytes:
-    public, _ = zmq.auth.load_certificate(str(path))
+    try:
+        public, _ = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise EndpointError(f"{path}: not a readable key file ({exc})") from None
     return public

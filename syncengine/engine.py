@@ -160,6 +160,11 @@ def _event(conn: sqlite3.Connection, row) -> Event:
     return event
 
 
+def check_event_name(name: str) -> None:
+    if not name or not name.strip() or len(name) > 200 or not name.isprintable():
+        raise EngineError(f"not an event name: {name[:60]!r} (1 to 200 printable characters)")
+
+
 def event_mailboxes(conn: sqlite3.Connection, name: str) -> list[str]:
     """The mailboxes event `name` covers; EngineError when there is no such event."""
     row = conn.execute("SELECT id FROM events WHERE name = ?", (name,)).fetchone()
@@ -172,9 +177,14 @@ def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expa
                 now: float, journal: Journal = None) -> list[dict]:
     """C1, C3: create the event and reconcile each mailbox, in one transaction."""
     settings = get_settings(db)
+    check_event_name(name)
+    try:
+        named = [normalise.mailbox(m) for m in mailboxes]
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
     with transaction(db.conn) as conn:
         view = directory_at(conn, now)
-        wanted = sorted({view.primary(m) for m in mailboxes})
+        wanted = sorted({view.primary(m) for m in named})
         if not wanted:
             raise EngineError("an event needs at least one mailbox")
         if conn.execute("SELECT 1 FROM events WHERE name = ?", (name,)).fetchone():

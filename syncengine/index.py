@@ -173,7 +173,7 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
     progress bar); `on_file` gets each source's report as soon as it is written."""
     started = time.monotonic()
     now = time.time() if now is None else now
-    mailbox = normalise.address(mailbox) or mailbox
+    mailbox = normalise.mailbox(mailbox)  # ValueError: the caller names no mailbox
     summary = Summary()
     writer = Writer(db, mailbox, now)
 

@@ -47,6 +47,7 @@ class Loaded:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     warnings: list[tuple[str, str]] = field(default_factory=list)
     entries: list[EntryRow] = field(default_factory=list)
+    subject: tuple[str, str] | None = None  # (address, kind) of the first valid page
 
 
 def page_files(path: Path) -> list[Path]:
@@ -72,13 +73,20 @@ def load(path: Path) -> Loaded:
             result.rejected.append((str(page_path), str(exc)))
             continue
         try:
-            result.entries.extend(_page(page_path, number, folder, result.warnings))
+            who, rows = _page(page_path, number, folder, result.warnings)
+            if result.subject is None:
+                result.subject = who
+            elif who != result.subject:  # pages of one snapshot describe one address
+                raise formats.FormatError(f"{page_path}: $.meta.snapshot: this page is for {who[1]} {who[0]}, "
+                                          f"the snapshot's first page for {result.subject[1]} {result.subject[0]}")
+            result.entries.extend(rows)
         except formats.FormatError as exc:
             result.rejected.append((str(page_path), str(exc)))
     return result
 
 
-def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]) -> list[EntryRow]:
+def _page(path: Path, number: int, folder: Path,
+          warnings: list[tuple[str, str]]) -> tuple[tuple[str, str], list[EntryRow]]:
     where = str(path)
     try:
         data = files.read_regular(path, MAX_PAGE_BYTES)
@@ -97,7 +105,7 @@ def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]
     rows = []
     for position, entry in enumerate(page.data):
         rows.append(_entry(entry, position, number, address, page.meta.snapshot.kind, folder, where, warnings))
-    return rows
+    return (address, page.meta.snapshot.kind), rows
 
 
 def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: str, folder: Path,
