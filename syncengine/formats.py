@@ -179,6 +179,10 @@ SCHEMAS = {
 def decode(data: bytes, kind: type, where: str):
     """Decode and validate `data`, naming `where` (the file) in any error."""
     try:
+        data.decode("utf-8")  # msgspec passes invalid UTF-8 inside strings through
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{where}: not valid JSON (not UTF-8 at byte {exc.start})") from None
+    try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise FormatError(f"{where}: {_path_first(str(exc))}") from None

@@ -72,7 +72,10 @@ def parse(body: bytes) -> Request:
     if len(body) > MAX_REQUEST_BYTES:
         raise RequestError(f"request larger than {MAX_REQUEST_BYTES} bytes")
     try:
+        body.decode("utf-8")  # msgspec passes invalid UTF-8 inside strings through
         request = _decoder.decode(body)
+    except UnicodeDecodeError:
+        raise RequestError("not UTF-8") from None
     except msgspec.ValidationError as exc:
         raise RequestError(_clean(str(exc))) from None
     except msgspec.DecodeError:

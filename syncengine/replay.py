@@ -58,7 +58,10 @@ def load_scenario(folder: Path) -> formats.Scenario:
                 raise formats.FormatError(f"{where}: $.timeline[{number}].{name}: required for {step.do!r}")
         try:  # N4: checked before anything runs, so a bad step cannot act half-way
             if step.mailbox is not None:
-                step.mailbox = normalise.mailbox(step.mailbox)
+                try:
+                    step.mailbox = normalise.mailbox(step.mailbox)
+                except ValueError as exc:
+                    raise files.OutsideError(f"$.timeline[{number}].mailbox: {exc}") from None
             if step.folder is not None:
                 files.inside(folder, step.folder, f"$.timeline[{number}].folder")
             if step.path is not None:  # whether it exists is the step's own concern (N3)
