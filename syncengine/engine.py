@@ -136,6 +136,7 @@ class Event:
     post_event_window: int
     calendar_items: bool
     mailboxes: list[str] = field(default_factory=list)
+    reconciled: dict[str, float | None] = field(default_factory=dict)  # None: waiting-for-index (C19)
 
     @property
     def closes_at(self) -> float | None:
@@ -155,8 +156,9 @@ def open_events(conn: sqlite3.Connection) -> list[Event]:
 
 def _event(conn: sqlite3.Connection, row) -> Event:
     event = Event(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], row[8], bool(row[9]))
-    event.mailboxes = [r[0] for r in conn.execute(
-        "SELECT mailbox FROM event_mailboxes WHERE event = ? ORDER BY mailbox", (event.id,))]
+    event.reconciled = dict(conn.execute(
+        "SELECT mailbox, reconciled_at FROM event_mailboxes WHERE event = ? ORDER BY mailbox", (event.id,)))
+    event.mailboxes = list(event.reconciled)
     return event
 
 
@@ -199,7 +201,8 @@ def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expa
             " post_event_window, calendar_items) VALUES (?, 'reconciling', ?, ?, ?, ?, ?, ?)",
             (name, now, now, int(expand_lists), settings.poll_interval, settings.post_event_window,
              int(settings.calendar_items)))
-        conn.executemany("INSERT INTO event_mailboxes VALUES (?, ?)", [(cursor.lastrowid, m) for m in wanted])
+        conn.executemany("INSERT INTO event_mailboxes (event, mailbox) VALUES (?, ?)",
+                         [(cursor.lastrowid, m) for m in wanted])
         event = _event(conn, conn.execute(f"{_EVENT_SELECT} WHERE id = ?", (cursor.lastrowid,)).fetchone())
         written = _decide(conn, event, now, view)
         conn.execute("UPDATE events SET phase = 'active' WHERE id = ?", (event.id,))
@@ -247,12 +250,28 @@ def due_events(db: sqlite_utils.Database, now: float) -> list[str]:
 def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> list[dict]:
     deltas: list[dict] = []
     for mailbox in event.mailboxes:
+        addresses = sorted(view.addresses(mailbox))  # C19: exports indexed under an alias are the primary's
+        since = event.reconciled[mailbox]
+        if since is None:
+            if event.phase not in ("reconciling", "active") or waiting_for_index(conn, addresses):
+                continue  # C19: nothing is decided against an index that is not whole
+            since = event.reconciled[mailbox] = now  # C3 at this moment: the index is whole now
+            conn.execute("UPDATE event_mailboxes SET reconciled_at = ? WHERE event = ? AND mailbox = ?",
+                         (now, event.id, mailbox))
         if event.phase in ("reconciling", "active"):
             deltas.extend(_decide_entries(conn, event, mailbox, now, view))
-            deltas.extend(_decide_outbox(conn, event, mailbox, now))
+            deltas.extend(_decide_outbox(conn, event, mailbox, addresses, now))
         if event.phase in ("active", "ending"):
-            deltas.extend(_decide_purges(conn, event, mailbox, now))
+            deltas.extend(_decide_purges(conn, event, mailbox, addresses, since, now))
     return _append(conn, deltas)
+
+
+def waiting_for_index(conn: sqlite3.Connection, addresses: list[str]) -> list[tuple[str, str]]:
+    """(export, why) for each export of the mailbox never read successfully (C19). A
+    mailbox with no known export has an empty index, which is whole."""
+    marks = ", ".join("?" * len(addresses))
+    return [(row[0], row[1] or "not read yet") for row in conn.execute(
+        f"SELECT path, problem FROM exports WHERE mailbox IN ({marks}) AND good_at IS NULL ORDER BY path", addresses)]
 
 
 _LOCAL_COLUMNS = ("s.path || '#' || l.locator, m.message_id, m.submit_ts, m.resent_key, m.sender,"
@@ -305,7 +324,7 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
             outcomes.append((event.id, mailbox, row[0], "not-member"))  # C16: not retroactive
         else:
             batch.append(row)
-    locals_by_mid, locals_by_key = _candidates(conn, mailbox, batch)
+    locals_by_mid, locals_by_key = _candidates(conn, addresses, batch)
     at = event.started_at if event.phase == "reconciling" else now
     deltas = []
     for row in batch:
@@ -333,7 +352,7 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
     return deltas
 
 
-def _candidates(conn, mailbox: str, batch: list) -> tuple[dict, dict]:
+def _candidates(conn, addresses: list[str], batch: list) -> tuple[dict, dict]:
     """Local locations in received-mail folders that share a Message-ID or a fallback key
     with any entry of the batch, looked up through temporary key tables. CROSS JOIN pins
     the order (keys, then the messages index, then locations by message): left to
@@ -347,15 +366,16 @@ def _candidates(conn, mailbox: str, batch: list) -> tuple[dict, dict]:
     conn.executemany("INSERT OR IGNORE INTO want_key VALUES (?, ?)", [(r[7], r[9]) for r in batch if r[7]])
     by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
     by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
+    marks = ", ".join("?" * len(addresses))
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_mid w CROSS JOIN messages m ON m.message_id = w.message_id"
             f" CROSS JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
-            f" WHERE l.mailbox = ? AND l.received = 1", (mailbox,)):
+            f" WHERE l.mailbox IN ({marks}) AND l.received = 1", addresses):
         by_mid[row[1]].append(rules.LocalIn(row[0], _msg(row, 1)))
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_key w CROSS JOIN messages m ON m.sender = w.sender"
             f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
-            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox = ? AND l.received = 1", (mailbox,)):
+            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.received = 1", addresses):
         by_key[(row[4], row[6])].append(rules.LocalIn(row[0], _msg(row, 1)))
     return by_mid, by_key
 
@@ -373,18 +393,19 @@ def _peers(conn, now: float, addresses: list[str], groups: set[str], key: tuple,
     return peers
 
 
-def _decide_outbox(conn, event: Event, mailbox: str, now: float) -> list[dict]:
+def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: float) -> list[dict]:
+    marks = ", ".join("?" * len(addresses))
     rows = conn.execute(
         f"SELECT {_LOCAL_COLUMNS}, m.identity, m.message_class, l.locator, l.folder, m.subject, m.fingerprint,"
         f" s.kind, s.path FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
-        f" WHERE l.mailbox = ? AND l.role = 'outbox' AND NOT EXISTS (SELECT 1 FROM outbox_done o"
+        f" WHERE l.mailbox IN ({marks}) AND l.role = 'outbox' AND NOT EXISTS (SELECT 1 FROM outbox_done o"
         f" WHERE o.event = ? AND o.mailbox = ? AND o.identity = m.identity) ORDER BY l.seen_at, l.id",
-        (mailbox, event.id, mailbox)).fetchall()
+        (*addresses, event.id, mailbox)).fetchall()
     if not rows:
         return []
     sent = [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
         f"SELECT {_LOCAL_COLUMNS} FROM locations l JOIN messages m ON m.id = l.message"
-        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox = ? AND l.role = 'sent'", (mailbox,))]
+        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.role = 'sent'", addresses)]
     at = event.started_at if event.phase == "reconciling" else now
     deltas, done = [], set()
     for row in rows:
@@ -403,17 +424,21 @@ def _decide_outbox(conn, event: Event, mailbox: str, now: float) -> list[dict]:
     return deltas
 
 
-def _decide_purges(conn, event: Event, mailbox: str, now: float) -> list[dict]:
+def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since: float,
+                   now: float) -> list[dict]:
+    """C12, C14, C15: copies that appeared after the mailbox was reconciled (its event's
+    start, or later when it waited for its index: C19) of what continuity delivered."""
     limit = now if event.closes_at is None else min(now, event.closes_at)
+    marks = ", ".join("?" * len(addresses))
     rows = conn.execute(
         f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint, l.id"
         f" FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
-        f" WHERE l.mailbox = ? AND l.received = 1 AND l.delivery_tag IS NULL AND l.seen_at > ?"
+        f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND l.delivery_tag IS NULL AND l.seen_at > ?"
         f" AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
         f"   WHERE event = ? AND mailbox = ?)"
         f" AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.event = ? AND p.mailbox = ?"
         f"   AND p.location = l.id) ORDER BY l.seen_at, l.id",
-        (mailbox, event.started_at, limit, event.id, mailbox, event.id, mailbox)).fetchall()
+        (*addresses, since, limit, event.id, mailbox, event.id, mailbox)).fetchall()
     deltas = []
     for row in rows:
         local = _msg(row, 1)
@@ -536,5 +561,14 @@ def status(db: sqlite_utils.Database) -> dict:
     errors += [{"file": r["path"], "reason": r["reason"], "mailbox": r["mailbox"]} for r in db.query(
         "SELECT e.path, e.reason, s.mailbox FROM source_errors e JOIN sources s ON s.id = e.source_id"
         " ORDER BY e.rowid DESC LIMIT 10")]
+    waiting = []
+    for event in open_events(db.conn):
+        view = directory_at(db.conn, event.last_poll)
+        for mailbox, reconciled in event.reconciled.items():
+            if reconciled is None:
+                waiting += [{"event": event.name, "mailbox": mailbox, "export": path, "why": why}
+                            for path, why in waiting_for_index(db.conn, sorted(view.addresses(mailbox)))]
+    stale = [{"file": r["path"], "mailbox": r["mailbox"], "stale": r["stale"]} for r in db.query(
+        "SELECT path, mailbox, stale FROM sources WHERE stale IS NOT NULL ORDER BY path")]
     return {"events": events, "deltas": db.execute("SELECT count(*) FROM deltas").fetchone()[0],
-            "last_errors": errors}
+            "last_errors": errors, "waiting": waiting, "stale": stale}

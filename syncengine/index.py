@@ -53,11 +53,12 @@ class FileReport:
     errors: list[ReadError] = field(default_factory=list)
     skipped: int = 0
     changed: bool = True      # False: unchanged since the last run, not re-read
+    stale: str | None = None  # C19: why its locations are those of an earlier read
 
     def as_json(self) -> dict:
         return {"path": self.path, "status": self.status, "messages": self.messages,
                 "errors": [{"where": e.where, "reason": e.reason} for e in self.errors],
-                "skipped": self.skipped, "changed": self.changed}
+                "skipped": self.skipped, "changed": self.changed, "stale": self.stale}
 
 
 @dataclass
@@ -98,57 +99,90 @@ def sniff(path: Path) -> str | None:
     return None
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[Task], list[FileReport], list[Path]]:
-    """Tasks for every export under `paths`, reports for paths that are not usable,
-    and the folder roots whose vanished files must be dropped."""
+def text(path: Path | str) -> str:
+    """A path as text SQLite can hold: bytes that are not UTF-8 (a name written by
+    another system) are shown as backslash escapes instead of failing the insert."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class Export:
+    """A PATH given to `index`, and whether it could be read at all (C19)."""
+    path: Path
+    problem: str | None = None   # None: found and walked (a tree) or to be read (a file)
+    task: Task | None = None     # a single file's task
+
+
+def discover(paths: Iterable[Path]) -> tuple[list[Task], list[Export]]:
+    """Tasks for every export under `paths`, and each export with its problem if any.
+    Only regular files are opened: a FIFO, socket or device in a tree is passed over."""
     tasks: list[Task] = []
-    problems: list[FileReport] = []
-    roots: list[Path] = []
+    exports: list[Export] = []
     for given in paths:
         path = Path(given).absolute()
+        export = Export(path)
+        exports.append(export)
         if path.is_dir():
-            roots.append(path)
             for file in sorted(_walk(path)):
                 kind = TREE_SUFFIXES[file.suffix.lower()]
                 rel = file.relative_to(path)
-                folder = rel.parent.as_posix() if rel.parent != Path(".") else ""
-                tasks.append(Task(file, path, kind, rel.as_posix(), folder, folders.tree_role(folder)))
+                folder = text(rel.parent.as_posix()) if rel.parent != Path(".") else ""
+                tasks.append(Task(file, path, kind, text(rel.as_posix()), folder, folders.tree_role(folder)))
         elif path.is_file():
             kind = sniff(path)
             if kind is None:
-                problems.append(_problem(path, "not a PST, OST, MSG or EML file"))
+                export.problem = "not a PST, OST, MSG or EML file"
                 continue
-            folder = path.parent.name
-            tasks.append(Task(path, path, kind, path.name, folder, folders.tree_role(folder)))
+            folder = text(path.parent.name)
+            export.task = Task(path, path, kind, text(path.name), folder, folders.tree_role(folder))
+            tasks.append(export.task)
+        elif path.exists():
+            export.problem = "not a regular file or folder"
         else:
-            problems.append(_problem(path, "no such file or folder"))
-    return tasks, problems, roots
+            export.problem = "no such file or folder"
+    return tasks, exports
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            if Path(name).suffix.lower() in TREE_SUFFIXES and not name.startswith("."):
-                yield Path(dirpath) / name
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # an unreadable subfolder: its files are not seen (the rest is)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and Path(entry.name).suffix.lower() in TREE_SUFFIXES:
+                yield Path(entry.path)
 
 
 def _problem(path: Path, reason: str) -> FileReport:
-    return FileReport(str(path), "error", 0, [ReadError(str(path), reason)])
+    return FileReport(text(path), "error", 0, [ReadError(text(path), reason)])
 
 
 def read_file(task: Task) -> tuple[Task, SourceResult]:
-    """Parse one MSG or EML file (runs in a worker process)."""
+    """Parse one MSG or EML file (runs in a worker process). Whatever a file does to
+    its reader, the failure is this file's alone (N3)."""
     result = SourceResult()
     reader = msg.read if task.kind == "msg" else eml.read
     try:
         result.records.append(reader(task.path, task.locator, task.folder, task.role))
     except (msg.MsgError, eml.EmlError) as exc:
         result.fatal = True
-        result.errors.append(ReadError(str(task.path), str(exc)))
+        result.errors.append(ReadError(text(task.path), str(exc)))
     except OSError as exc:
         result.fatal = True
-        result.errors.append(ReadError(str(task.path), f"cannot read: {exc.strerror or exc}"))
+        result.errors.append(ReadError(text(task.path), f"cannot read: {exc.strerror or exc}"))
+    except RecursionError:
+        result.fatal = True
+        result.errors.append(ReadError(text(task.path), "MIME parts nested too deeply to read"))
+    except Exception as exc:  # a reader library's own bug on hostile bytes
+        result.fatal = True
+        result.errors.append(ReadError(text(task.path), f"unreadable ({type(exc).__name__})"))
     return task, result
 
 
@@ -170,7 +204,10 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         workers: int | None = None) -> Summary:
     """Index `paths` for `mailbox`; `now` is the engine clock for `seen_at` (replay passes
     its virtual clock). `on_tasks` gets the files found before any is read (to size a
-    progress bar); `on_file` gets each source's report as soon as it is written."""
+    progress bar); `on_file` gets each source's report as soon as it is written.
+
+    C19: a source that fails to read keeps the locations of its last good read (marked
+    stale); one that vanishes keeps them while an event covers its mailbox."""
     started = time.monotonic()
     now = time.time() if now is None else now
     mailbox = normalise.mailbox(mailbox)  # ValueError: the caller names no mailbox
@@ -186,34 +223,41 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         if on_file:
             on_file(rep)
 
-    tasks, problems, roots = discover(paths)
+    tasks, exports = discover(paths)
+    known = writer.known_sources()
+    owned = writer.export_owners([e.path for e in exports])
+    refused = {e.path for e in exports if owned.get(text(e.path), mailbox) != mailbox}
+    for export in exports:
+        if export.path in refused:
+            report(_problem(export.path, f"already indexed for mailbox {owned[text(export.path)]}; "
+                                         "one export belongs to one mailbox"))
+        elif export.problem:
+            summary.removed += writer.vanish(_under(known, export.path))
+            report(_problem(export.path, export.problem))
+    tasks = [t for t in tasks if t.root not in refused]
     if on_tasks:
         on_tasks(tasks)
-    for rep in problems:
-        summary.removed += writer.drop_sources([rep.path])
-        report(rep)
 
     changed = []
-    known = writer.known_sources()
     for task in tasks:
         try:
             stat = task.path.stat()
         except OSError as exc:
             report(_problem(task.path, f"cannot read: {exc.strerror or exc}"))
             continue
-        previous = known.get(str(task.path))
+        previous = known.get(text(task.path))
         if previous and previous["size"] == stat.st_size and previous["mtime_ns"] == stat.st_mtime_ns \
-                and previous["mailbox"] == mailbox and previous["root"] == str(task.root):
+                and previous["mailbox"] == mailbox and previous["root"] == text(task.root):
             report(writer.previous_report(previous))
             if progress:
                 progress(previous["messages"] if task.kind == "pst" else 1)
             continue
         changed.append((task, stat.st_size, stat.st_mtime_ns))
 
-    present = {str(t.path) for t in tasks}
-    for root in roots:
-        gone = [path for path, row in known.items() if row["root"] == str(root) and path not in present]
-        summary.removed += writer.drop_sources(gone)
+    present = {text(t.path) for t in tasks}
+    for export in exports:
+        if export.path.is_dir() and export.path not in refused:
+            summary.removed += writer.vanish([p for p in _under(known, export.path) if p not in present])
 
     stores = [c for c in changed if c[0].kind == "pst"]
     files = [c for c in changed if c[0].kind != "pst"]
@@ -221,9 +265,15 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         report(rep)
     for rep in writer.write_files(files, progress, workers):
         report(rep)
+    writer.record_exports([e for e in exports if e.path not in refused])
     writer.collect_garbage()
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
+
+
+def _under(known: dict[str, dict], export: Path) -> list[str]:
+    """The sources found under `export` by earlier runs (itself, for a file)."""
+    return [path for path, row in known.items() if row["root"] == text(export)]
 
 
 def count_messages(tasks: list[Task]) -> int:
@@ -232,7 +282,11 @@ def count_messages(tasks: list[Task]) -> int:
 
 
 class Writer:
-    """The single writer: stages records, merges them per batch in one transaction."""
+    """The single writer: stages records, merges them per batch in one transaction.
+
+    Staging goes to a TEMP table outside any transaction on the store, so parsing a
+    large PST never holds the store's write lock; only the merge does (C19, polls and
+    acks are not starved)."""
 
     def __init__(self, db: sqlite_utils.Database, mailbox: str, now: float):
         self.db = db
@@ -251,24 +305,73 @@ class Writer:
     def known_sources(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT * FROM sources")}
 
+    def export_owners(self, paths: list[Path]) -> dict[str, str]:
+        """The mailbox each already known export or source was indexed for."""
+        owners = {}
+        for path in map(text, paths):
+            row = self.conn.execute("SELECT mailbox FROM exports WHERE path = ? UNION ALL"
+                                    " SELECT mailbox FROM sources WHERE path = ? OR root = ? LIMIT 1",
+                                    (path, path, path)).fetchone()
+            if row:
+                owners[path] = row[0]
+        return owners
+
     def previous_report(self, row: dict) -> FileReport:
         errors = [ReadError(e["where"], e["reason"]) for e in self.db.query(
             'SELECT "where", reason FROM source_errors WHERE source_id = ?', [row["id"]])]
-        return FileReport(row["path"], row["status"], row["messages"], errors, row["skipped"], changed=False)
+        return FileReport(row["path"], row["status"], row["messages"], errors, row["skipped"], changed=False,
+                          stale=row["stale"])
 
-    def drop_sources(self, paths: list[str]) -> int:
+    def _covered(self) -> bool:
+        """Is this mailbox (or the primary it is an alias of) in an open or ending event?"""
+        from .engine import directory_at  # the index sits below the engine; only this needs it
+        addresses = sorted(directory_at(self.conn, self.now).addresses(self.mailbox) | {self.mailbox})
+        marks = ", ".join("?" * len(addresses))
+        return self.conn.execute(
+            f"SELECT 1 FROM events e JOIN event_mailboxes m ON m.event = e.id WHERE e.phase != 'closed'"
+            f" AND m.mailbox IN ({marks}) LIMIT 1", addresses).fetchone() is not None
+
+    def vanish(self, paths: list[str]) -> int:
+        """Sources that are gone. While an event covers the mailbox their locations stay,
+        stale (C19), except those continuity purged: a purged file is gone on our word,
+        and a copy delivered again under its name is a new arrival (C12). Otherwise
+        they are dropped. Returns the number dropped."""
+        if not paths:
+            return 0
+        keep = self._covered()
         dropped = 0
         with transaction(self.conn):
             for path in paths:
                 row = self.conn.execute("SELECT id FROM sources WHERE path = ?", (path,)).fetchone()
                 if row is None:
                     continue
-                self.conn.execute("INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
-                                  " WHERE source_id = ?", row)
-                self.conn.execute("DELETE FROM locations WHERE source_id = ?", row)
-                self.conn.execute("DELETE FROM sources WHERE id = ?", row)
-                dropped += 1
+                purged = "SELECT location FROM purged" if keep else "SELECT id FROM locations"
+                self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
+                                  f" WHERE source_id = ? AND id IN ({purged})", row)
+                self.conn.execute(f"DELETE FROM locations WHERE source_id = ? AND id IN ({purged})", row)
+                if keep:
+                    self.conn.execute("UPDATE sources SET stale = 'missing: kept while an event covers its mailbox'"
+                                      " WHERE id = ?", row)
+                else:
+                    self.conn.execute("DELETE FROM sources WHERE id = ?", row)
+                    dropped += 1
         return dropped
+
+    def record_exports(self, exports: list[Export]) -> None:
+        """An export is good once it has read: a tree that could be walked, a file whose
+        source read (in whole or in part). `good_at` keeps the first such time."""
+        with transaction(self.conn):
+            for export in exports:
+                problem = export.problem
+                if problem is None and export.task is not None:
+                    row = self.conn.execute("SELECT status, stale FROM sources WHERE path = ?",
+                                            (text(export.path),)).fetchone()
+                    problem = None if row and row[0] != "error" else "could not be read"
+                self.conn.execute(
+                    "INSERT INTO exports VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
+                    " good_at = coalesce(exports.good_at, excluded.good_at), checked_at = excluded.checked_at,"
+                    " problem = excluded.problem",
+                    (text(export.path), self.mailbox, None if problem else self.now, self.now, problem))
 
     def write_stores(self, stores: list[tuple[Task, int, int]], progress: Progress | None,
                      workers: int | None) -> Iterator[FileReport]:
@@ -290,16 +393,17 @@ class Writer:
 
     def write_store(self, task: Task, size: int, mtime_ns: int, records: Iterable[Record],
                     result: SourceResult, progress: Progress | None) -> FileReport:
-        """Pass one PST/OST's records through the staging table; merge once at the end so
-        that a store's update is one transaction (a crash leaves the previous state whole)."""
+        """Stage one PST/OST's records (no write lock held while it is parsed), then merge
+        them in one transaction with the source row: a crash leaves the previous state."""
         count = 0
-        with transaction(self.conn):  # the source row too: nothing of a store commits alone
-            source_id = self._source_id(task)
+        source_id = self._known_id(task)
+        self.conn.execute("BEGIN")  # writes only TEMP tables: the store stays free for other writers
+        try:
             self.conn.execute("DELETE FROM walk")
             batch: list[tuple] = []
             for record in records:
                 count += 1
-                batch.append(self._staged(source_id, record))
+                batch.append(self._staged(source_id if source_id is not None else 0, record))
                 if len(batch) >= BATCH_ROWS:
                     self._stage(batch)
                     if progress:
@@ -308,9 +412,32 @@ class Writer:
             self._stage(batch)
             if progress and batch:
                 progress(len(batch))
-            self._merge([source_id])
-            self._finish_source(source_id, task, size, mtime_ns, result)
-        return FileReport(str(task.path), result.status, count, result.errors, result.skipped)
+        finally:
+            self.conn.execute("COMMIT")
+        with transaction(self.conn):
+            if source_id is None:
+                source_id = self._source_id(task)
+                self.conn.execute("UPDATE walk SET source_id = ?, identity = replace(identity, 'nomid:0:',"
+                                  " 'nomid:' || ? || ':') WHERE source_id = 0", (source_id, source_id))
+            stale = self._merge_or_keep(source_id, result)
+            self._finish_source(source_id, task, size, mtime_ns, result, stale)
+        return FileReport(text(task.path), result.status, count, result.errors, result.skipped, stale=stale)
+
+    def _merge_or_keep(self, source_id: int, result: SourceResult) -> str | None:
+        """C19: only a whole read replaces a source's locations. After a good read, a read
+        that failed keeps them all; one that read in part keeps those it did not see.
+        Returns why the locations are stale, or None."""
+        good_before = self.conn.execute("SELECT good_at FROM sources WHERE id = ?", (source_id,)).fetchone()[0]
+        if result.fatal:
+            if good_before is not None:
+                return f"unreadable since the last good read: {result.errors[0].reason}"
+            self._merge([source_id])  # never read: nothing to keep
+            return None
+        if result.errors and good_before is not None:
+            self._merge([source_id], keep_unseen=True)
+            return f"read in part ({len(result.errors)} item errors): locations it did not see are kept"
+        self._merge([source_id])
+        return None
 
     def write_files(self, files: list[tuple[Task, int, int]], progress: Progress | None,
                     workers: int | None) -> Iterator[FileReport]:
@@ -345,22 +472,32 @@ class Writer:
         with transaction(self.conn):
             self.conn.execute("DELETE FROM walk")
             ids = [self._source_id(task) for task, _ in results]
+            good = dict(self.conn.execute(
+                f"SELECT id, good_at FROM sources WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall())
+            kept = {source_id for source_id, (_, result) in zip(ids, results, strict=True)
+                    if result.fatal and good.get(source_id) is not None}
             self._stage([self._staged(source_id, record)
                          for source_id, (_, result) in zip(ids, results, strict=True) for record in result.records])
-            self._merge(ids)
+            self._merge([source_id for source_id in ids if source_id not in kept])
             for source_id, (task, result) in zip(ids, results, strict=True):
                 size, mtime_ns = stats[task.path]
-                self._finish_source(source_id, task, size, mtime_ns, result)
-                reports.append(FileReport(str(task.path), result.status, len(result.records), result.errors))
+                stale = f"unreadable since the last good read: {result.errors[0].reason}" if source_id in kept else None
+                self._finish_source(source_id, task, size, mtime_ns, result, stale)
+                reports.append(FileReport(text(task.path), result.status, len(result.records), result.errors,
+                                          stale=stale))
         return reports
 
+    def _known_id(self, task: Task) -> int | None:
+        row = self.conn.execute("SELECT id FROM sources WHERE path = ?", (text(task.path),)).fetchone()
+        return row[0] if row else None
+
     def _source_id(self, task: Task) -> int:
-        row = self.conn.execute("SELECT id FROM sources WHERE path = ?", (str(task.path),)).fetchone()
-        if row:
-            return row[0]
+        known = self._known_id(task)
+        if known is not None:
+            return known
         cursor = self.conn.execute(
             "INSERT INTO sources (path, root, kind, mailbox, status, indexed_at) VALUES (?, ?, ?, ?, 'ok', ?)",
-            (str(task.path), str(task.root), task.kind, self.mailbox, self.now))
+            (text(task.path), text(task.root), task.kind, self.mailbox, self.now))
         return cursor.lastrowid
 
     def _staged(self, source_id: int, record: Record) -> tuple:
@@ -372,15 +509,19 @@ class Writer:
         if rows:
             self.conn.executemany(f"INSERT INTO walk VALUES ({', '.join('?' * 17)})", rows)
 
-    def _merge(self, source_ids: list[int]) -> None:
-        """Make the locations of `source_ids` equal to what is staged in `walk`."""
+    def _merge(self, source_ids: list[int], keep_unseen: bool = False) -> None:
+        """Make the locations of `source_ids` equal to what is staged in `walk` (with
+        `keep_unseen`, add and update only)."""
+        if not source_ids:
+            return
         marks = ", ".join("?" * len(source_ids))
-        stale = (f"SELECT l.id FROM locations l JOIN messages m ON m.id = l.message"
-                 f" WHERE l.source_id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM walk w"
-                 f" WHERE w.source_id = l.source_id AND w.locator = l.locator AND w.identity = m.identity)")
-        self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
-                          f" WHERE id IN ({stale})", source_ids)
-        self.conn.execute(f"DELETE FROM locations WHERE id IN ({stale})", source_ids)
+        if not keep_unseen:
+            stale = (f"SELECT l.id FROM locations l JOIN messages m ON m.id = l.message"
+                     f" WHERE l.source_id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM walk w"
+                     f" WHERE w.source_id = l.source_id AND w.locator = l.locator AND w.identity = m.identity)")
+            self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
+                              f" WHERE id IN ({stale})", source_ids)
+            self.conn.execute(f"DELETE FROM locations WHERE id IN ({stale})", source_ids)
         self.conn.execute(
             "INSERT OR IGNORE INTO messages (identity, fingerprint, message_id, submit_ts, subject,"
             " subject_norm, sender, recipients, resent_key, message_class)"
@@ -404,16 +545,20 @@ class Writer:
             "   OR locations.delivery_tag IS NOT w.delivery_tag)")
 
     def _finish_source(self, source_id: int, task: Task, size: int, mtime_ns: int,
-                       result: SourceResult) -> None:
+                       result: SourceResult, stale: str | None) -> None:
+        """A failed read that kept earlier locations keeps the earlier size and mtime too,
+        so the next run reads the file again."""
         self.conn.execute("DELETE FROM source_errors WHERE source_id = ?", (source_id,))
         self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
-                              [(source_id, str(task.path), e.where, e.reason) for e in result.errors])
+                              [(source_id, text(task.path), e.where, e.reason) for e in result.errors])
+        kept = result.fatal and stale is not None
         self.conn.execute(
-            "UPDATE sources SET root = ?, kind = ?, mailbox = ?, size = ?, mtime_ns = ?, status = ?,"
-            " messages = (SELECT count(*) FROM walk WHERE source_id = ?), skipped = ?, indexed_at = ?"
-            " WHERE id = ?",
-            (str(task.root), task.kind, self.mailbox, size, mtime_ns, result.status, source_id,
-             result.skipped, self.now, source_id))
+            "UPDATE sources SET root = ?, kind = ?, mailbox = ?, status = ?, skipped = ?, indexed_at = ?, stale = ?,"
+            " size = CASE WHEN ? THEN size ELSE ? END, mtime_ns = CASE WHEN ? THEN mtime_ns ELSE ? END,"
+            " messages = CASE WHEN ? THEN messages ELSE (SELECT count(*) FROM walk WHERE source_id = ?) END,"
+            " good_at = CASE WHEN ? THEN good_at ELSE ? END WHERE id = ?",
+            (text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale,
+             kept, size, kept, mtime_ns, kept, source_id, result.fatal, self.now, source_id))
 
     def collect_garbage(self) -> None:
         """Messages left without any location are gone from every export."""

@@ -35,7 +35,7 @@ log = logging.getLogger("syncengine.notify")
 HEARTBEAT_SECONDS = 1.0
 PAGE = 5000                # deltas per mailbox in one catch-up reply
 CHECK_SECONDS = 0.05       # how often to look for deltas committed by other processes
-ACK_BUSY_WAIT = 1.0        # an ack waits this long for another writer, then is answered "busy"
+BUSY_MS = 100              # a request's write waits this long for another writer before it is retried
 ZAP_DOMAIN = b"syncengine"
 
 
@@ -159,6 +159,8 @@ class Server:
 
     def _open(self) -> None:
         self.db = store.connect(self.db_path)
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")  # heartbeats never wait long on another writer
+        self._acks: list[tuple[bytes, protocol.Ack, str]] = []  # checked, waiting for their commit
         self.published = self.db.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
         self.latest = dict(self.db.execute("SELECT mailbox, max(mailbox_seq) FROM deltas GROUP BY mailbox").fetchall())
         self._data_version = self._version()
@@ -190,6 +192,8 @@ class Server:
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + CHECK_SECONDS
+                    if self._acks:  # the store was busy: try again, they are idempotent
+                        self._commit_acks()
                     version = self._version()
                     if version != self._data_version:  # another process committed
                         self._data_version = version
@@ -275,27 +279,25 @@ class Server:
     def _drain_requests(self) -> None:
         """Answer every waiting request. Acks of one burst commit in one transaction (one
         fsync, N1) before any of them is answered; a failing request never stops the loop."""
-        batch = list(drain(self.router, copy=False))
-        acks: list[tuple[bytes, protocol.Ack, str]] = []
-        for frames in batch:
+        for frames in drain(self.router, copy=False):
             identity, body = frames[0].bytes, frames[-1]
             user = _user_id(body) if self.curve else None
             try:
                 request = protocol.parse(body.bytes)
                 if isinstance(request, protocol.Ack):
-                    acks.append((identity, request, self._check_ack(request, user)))
+                    self._acks.append((identity, request, self._check_ack(request, user)))
                     continue
                 replies = self.handle(request, user)
             except protocol.RequestError as exc:
-                replies = [{"op": "error", "reason": f"bad request: {exc}"}]
+                replies = [_error(f"bad request: {exc}", body.bytes)]
             except store.StoreBusy:
-                replies = [{"op": "error", "reason": "the store is busy; send the request again"}]
+                replies = [_error("the store is busy; send the request again", body.bytes)]
             except Exception:  # N5: log it here; the peer learns nothing of our internals
                 log.exception("a request failed")
-                replies = [{"op": "error", "reason": "internal error; the request was not applied"}]
+                replies = [_error("internal error; the request was not applied", body.bytes)]
             self._reply(identity, replies)
-        if acks:
-            self._commit_acks(acks)
+        if self._acks:
+            self._commit_acks()
 
     def _reply(self, identity: bytes, replies: list) -> None:
         for reply in replies:
@@ -372,17 +374,19 @@ class Server:
                                         f"of {request.mailbox} ({latest})")
         return client
 
-    def _commit_acks(self, acks: list[tuple[bytes, protocol.Ack, str]]) -> None:
+    def _commit_acks(self) -> None:
+        """Every checked ack in one durable transaction, then each `acked` reply. When
+        another process holds the store, they wait for the next tick (no reply yet)."""
+        acks = self._acks
         try:
-            with transaction(self.db.conn, busy_wait=ACK_BUSY_WAIT) as conn:
+            with transaction(self.db.conn, busy_wait=0) as conn:
                 conn.executemany(
                     "INSERT INTO client_acks VALUES (?, ?, ?, ?) ON CONFLICT (client, mailbox) DO UPDATE"
                     " SET mailbox_seq = max(mailbox_seq, excluded.mailbox_seq), acked_at = excluded.acked_at",
                     [(client, a.mailbox, a.mailbox_seq, time.time()) for _, a, client in acks])
         except store.StoreBusy:
-            for identity, _, _ in acks:
-                self._reply(identity, [{"op": "error", "reason": "the store is busy; send the ack again"}])
             return
+        self._acks = []
         for identity, ack, _ in acks:
             self._reply(identity, [{"op": "acked", "mailbox": ack.mailbox, "mailbox_seq": ack.mailbox_seq}])
 
@@ -444,6 +448,18 @@ class Server:
             return [{"op": "event_ending", "event": request.event}]
         except engine.EngineError as exc:
             return [{"op": "error", "reason": str(exc)}]
+
+
+def _error(reason: str, body: bytes) -> dict:
+    """An error reply, naming the op it answers when the request got that far."""
+    reply = {"op": "error", "reason": reason}
+    try:
+        op = json.loads(body).get("op")
+    except (ValueError, AttributeError, RecursionError):
+        op = None
+    if isinstance(op, str) and op in protocol.OPS:
+        reply["request"] = op
+    return reply
 
 
 def _user_id(frame: zmq.Frame) -> str | None:

@@ -64,6 +64,7 @@ class Content(msgspec.Struct, tag="content", tag_field="op"):
 
 
 Request = Hello | Ack | Status | StartEvent | EndEvent | Content
+OPS = ("hello", "ack", "status", "start_event", "end_event", "content")
 _decoder = msgspec.json.Decoder(Request)
 
 

@@ -137,6 +137,10 @@ class Scenario:
                 continue
             export = f"mailbox/{address.split('@')[0]}"
             (folder / export).mkdir(parents=True, exist_ok=True)
+            # git keeps no empty folder, and a missing export is waiting-for-index (C19):
+            # an empty mailbox is a folder, kept by a dot-file the index passes over.
+            if not content:
+                (folder / export / ".keep").write_text("an empty mailbox export\n")
             for spec in content:
                 write_message(spec, folder / export)
             mailboxes.append({"address": address, "export": export})
