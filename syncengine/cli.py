@@ -335,6 +335,7 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
     except engine.EngineError as exc:
         _fail(str(exc))
     click.echo(f"event {name} started: reconcile wrote {len(written)} deltas")
+    _warn_waiting(database)
 
 
 @event.command("end")
@@ -357,6 +358,14 @@ def sync(db: Path) -> None:
     database = open_store(db)
     written = engine.poll(database, _now())
     click.echo(f"{len(written)} deltas")
+    _warn_waiting(database)
+
+
+def _warn_waiting(database) -> None:
+    for item in engine.waiting(database.conn):
+        click.echo(printable(f"warning: {item['mailbox']} is waiting for its index ({item['export']}: "
+                             f"{item['why']}); nothing is decided for it until `syncengine index` reads it (C19)"),
+                   err=True)
 
 
 @cli.command()
@@ -392,6 +401,10 @@ def status(db: Path, as_json: bool) -> None:
                    + (f", ended {item['ended']}" if item["ended"] else ""))
         for mailbox, counts in item["report"].items():
             click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for item in info["waiting"]:
+        click.echo(printable(f"waiting for index: {item['mailbox']} in {item['event']}: {item['export']}: {item['why']}"))
+    for item in info["stale"]:
+        click.echo(printable(f"stale: {item['file']} ({item['mailbox']}): {item['stale']}"))
     click.echo(f"{info['deltas']} deltas in the log")
     for error in info["last_errors"]:
         click.echo(printable(f"error: {error['file']}: {error['reason']}"))

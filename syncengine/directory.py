@@ -68,4 +68,33 @@ def view(directory: formats.Directory) -> DirectoryView:
 def load(data: bytes, where: str) -> tuple[formats.Directory, DirectoryView]:
     directory = formats.decode(data, formats.Directory, where)
     formats.check_time(directory.synced, where, "$.synced")
+    check(directory, where)
     return directory, view(directory)
+
+
+def check(directory: formats.Directory, where: str) -> None:
+    """formats.md: a sync with an empty address, or an alias that is another user's
+    address or alias, is rejected whole: one person's mail is never merged into another's."""
+    def named(raw: str, path: str) -> str:
+        norm = normalise.address(raw)
+        if not norm:
+            raise formats.FormatError(f"{where}: {path}: empty address")
+        return norm
+
+    owner: dict[str, tuple[str, str]] = {}  # address or alias -> (its user, JSON path)
+    for number, user in enumerate(directory.users):
+        primary = named(user.emailAddress, f"$.users[{number}].emailAddress")
+        for address, path in [(primary, f"$.users[{number}].emailAddress")] + [
+                (named(alias, f"$.users[{number}].aliases[{k}]"), f"$.users[{number}].aliases[{k}]")
+                for k, alias in enumerate(user.aliases)]:
+            holder = owner.setdefault(address, (primary, path))
+            if holder[0] != primary:
+                raise formats.FormatError(f"{where}: {path}: {address} is already {holder[0]}'s "
+                                          f"(at {holder[1]}); the sync is rejected whole")
+    for number, group in enumerate(directory.groups):
+        named(group.emailAddress, f"$.groups[{number}].emailAddress")
+        for k, member in enumerate(group.groupMembers):
+            named(member.emailAddress, f"$.groups[{number}].groupMembers[{k}].emailAddress")
+    for number, pair in enumerate(directory.delegates):
+        named(pair.mailbox, f"$.delegates[{number}].mailbox")
+        named(pair.delegate, f"$.delegates[{number}].delegate")

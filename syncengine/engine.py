@@ -561,14 +561,19 @@ def status(db: sqlite_utils.Database) -> dict:
     errors += [{"file": r["path"], "reason": r["reason"], "mailbox": r["mailbox"]} for r in db.query(
         "SELECT e.path, e.reason, s.mailbox FROM source_errors e JOIN sources s ON s.id = e.source_id"
         " ORDER BY e.rowid DESC LIMIT 10")]
-    waiting = []
-    for event in open_events(db.conn):
-        view = directory_at(db.conn, event.last_poll)
-        for mailbox, reconciled in event.reconciled.items():
-            if reconciled is None:
-                waiting += [{"event": event.name, "mailbox": mailbox, "export": path, "why": why}
-                            for path, why in waiting_for_index(db.conn, sorted(view.addresses(mailbox)))]
     stale = [{"file": r["path"], "mailbox": r["mailbox"], "stale": r["stale"]} for r in db.query(
         "SELECT path, mailbox, stale FROM sources WHERE stale IS NOT NULL ORDER BY path")]
     return {"events": events, "deltas": db.execute("SELECT count(*) FROM deltas").fetchone()[0],
-            "last_errors": errors, "waiting": waiting, "stale": stale}
+            "last_errors": errors, "waiting": waiting(db.conn), "stale": stale}
+
+
+def waiting(conn: sqlite3.Connection) -> list[dict]:
+    """Mailboxes of open events that wait for their index (C19): which export, and why."""
+    found = []
+    for event in open_events(conn):
+        view = directory_at(conn, event.last_poll)
+        for mailbox, reconciled in event.reconciled.items():
+            if reconciled is None:
+                found += [{"event": event.name, "mailbox": mailbox, "export": path, "why": why}
+                          for path, why in waiting_for_index(conn, sorted(view.addresses(mailbox)))]
+    return found

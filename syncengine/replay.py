@@ -195,6 +195,7 @@ def _apply(db, scenario: formats.Scenario, number: int, now: float, folder: Path
             for delta in engine.start_event(db, step.event, step.mailboxes, step.expand_distribution_lists,
                                             now, journal=journal):
                 say(_describe(delta))
+            _say_waiting(db, say)
             return
         if step.do == "end_event":
             engine.end_event(db, step.event, now, journal=journal)
@@ -239,6 +240,12 @@ def _exchange(db, step: formats.Step, number: int, now: float, folder: Path, ste
 
 def _overlay_folder(step: formats.Step) -> str:
     return "Outbox" if step.do == "outbox_add" else step.folder
+
+
+def _say_waiting(db, say: Say) -> None:
+    for item in engine.waiting(db.conn):
+        say(f"warning: {item['mailbox']} is waiting for its index ({item['export']}: {item['why']}); "
+            "nothing is decided for it until the export reads (C19)")
 
 
 def _describe(delta: dict) -> str:

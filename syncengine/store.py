@@ -26,7 +26,8 @@ from . import files
 
 _MIGRATION = re.compile(r"^(\d{4})_([\w-]+)\.sql$")
 SYNCHRONOUS = "FULL"
-BUSY_WAIT_SECONDS = 60   # how long a writer waits for another before it gives up
+# How long a writer waits for another before it gives up (SYNCENGINE_BUSY_WAIT overrides).
+BUSY_WAIT_SECONDS = float(os.environ.get("SYNCENGINE_BUSY_WAIT", "60"))
 BUSY_STEP_MS = 1000      # each attempt's own wait inside SQLite
 
 log = logging.getLogger("syncengine.store")

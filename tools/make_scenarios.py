@@ -539,6 +539,25 @@ def scenarios() -> list[Scenario]:
                 .expects("deliver", ALICE, "<ok-2@mail.example>")
                 .expects("deliver", ALICE, "<ok-3@mail.example>"))
 
+    # --- C19 index health: no decision against an index that is not whole ----------------------
+    waiting = (Scenario("c19-waiting-for-index")
+               .mailbox(BOB, [])
+               .snapshot("08:55", ALICE, [entry("a1", welcome), entry("a2", invoice)])
+               .snapshot("08:55", BOB, [entry("b1", for_bob)])
+               .start("09:00", "ev1", [ALICE, BOB])
+               .snapshot("09:03:20", ALICE, [entry("a3", late)])
+               .end("09:10", "ev1")
+               .expects("deliver", BOB, "<for-bob@mail.example>"))
+    waiting.mailboxes[ALICE] = "mailbox/alice.ost"  # never there: alice waits, and nothing floods her
+    made.append(waiting)
+    made.append(Scenario("c19-export-under-an-alias")
+                .with_directory(users=[(ALICE, ["a.smith@acme.example"])])
+                .mailbox("a.smith@acme.example", [welcome])
+                .snapshot("08:55", ALICE, [entry("m1", welcome), entry("m2", invoice)])
+                .start("09:00", "ev1", [ALICE])
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, "<invoice@mail.example>", "mimecast:m2"))
+
     return made
 
 
