@@ -246,3 +246,65 @@ def test_c19_read_only_commands_do_not_create_a_store_and_empty_names_are_refuse
     assert refused.returncode == 4 and "not an event name" in refused.stderr
     refused = run_cli("event", "start", "ev1", "--mailbox", " ", "--db", db)
     assert refused.returncode == 4 and "empty mailbox address" in refused.stderr
+
+
+STEPS = ["truncate", "remove", "restore", "index", "snapshot", "resnapshot", "poll", "start"]
+
+
+@needs_corpus()
+def test_c19_property_no_flicker_of_a_real_store_delivers_what_it_holds_or_purges_older_mail(tmp_path_factory):
+    """Hypothesis: any interleaving of index runs over good, truncated, missing and
+    restored copies of the corpus OST with snapshot adds and polls, during an event."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(steps=st.lists(st.sampled_from(STEPS), min_size=3, max_size=12))
+    def check(steps: list[str]) -> None:
+        folder = tmp_path_factory.mktemp("flicker")
+        ost, db = folder / "alice.ost", store.connect(folder / "store.db")
+        shutil.copy(OST, ost)
+        clock = 1_000.0
+        index.run(db, [ost], OST_BOX, now=clock, workers=1)
+        held = {r[0] for r in db.execute("SELECT m.message_id FROM locations l JOIN messages m ON m.id = l.message"
+                                          " WHERE l.received = 1 AND m.message_id IS NOT NULL")}
+        listed = _inbox_snapshot(folder / "store.db", folder / "snap-0")
+        engine.add_snapshot(db, folder / "snap-0", clock)
+        started = False
+        for number, step in enumerate(steps + ["start", "restore", "index", "poll"]):
+            clock += 60
+            if step == "truncate" and ost.exists():
+                os.truncate(ost, 2_000_000)
+            elif step == "remove" and ost.exists():
+                ost.unlink()
+            elif step == "restore":
+                shutil.copy(OST, ost)
+                os.utime(ost, (clock, clock))
+            elif step == "index":
+                index.run(db, [ost], OST_BOX, now=clock, workers=1)
+            elif step == "snapshot":
+                snap = folder / f"snap-{number + 1}"
+                snap.mkdir()
+                (snap / "snapshot.json").write_text(json.dumps(_page(OST_BOX, [{
+                    "id": f"new-{number}", "received": "2026-03-02T08:00:00Z", "mimeMessageId": f"<new-{number}@x>",
+                    "from": {"emailAddress": "partner@example.org"}, "subject": f"New {number}"}])))
+                engine.add_snapshot(db, snap, clock)
+            elif step == "resnapshot":  # Mimecast lists the same messages again, under new ids
+                snap = folder / f"snap-{number + 1}"
+                shutil.copytree(folder / "snap-0", snap)
+                page = json.loads((snap / "snapshot.json").read_text())
+                for entry in page["data"]:
+                    entry["id"] += f"-again-{number}"
+                (snap / "snapshot.json").write_text(json.dumps(page))
+                engine.add_snapshot(db, snap, clock)
+            elif step == "start" and not started:
+                engine.start_event(db, "ev1", [OST_BOX], False, clock)
+                started = True
+            elif step == "poll" and started:
+                engine.poll(db, clock)
+        deltas = engine.deltas(db)
+        delivered = {d["message_id"].strip("<>") for d in deltas if d["action"] == "deliver"}
+        assert listed and not delivered & held, f"{steps}: delivered what the export holds"
+        assert [d for d in deltas if d["action"] == "purge"] == [], f"{steps}: purged the user's own mail"
+        db.conn.close()
+
+    check()
