@@ -115,6 +115,24 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
     sys.exit(EXIT_SOME_FAILED if summary.partial or summary.error else EXIT_OK)
 
 
+@cli.command()
+@click.argument("export", type=click.Path(path_type=Path))
+@DB_OPTION
+def forget(export: Path, db: Path) -> None:
+    """Drop an export that is gone for good, with everything indexed from it.
+
+    An export that disappears (a PST deleted, a folder unmounted) keeps its mailbox
+    waiting-for-index (C19): the engine will not decide for a mailbox whose index it
+    knows is missing a part. When the export will not come back, forget it.
+    """
+    database = open_store(db, create=False)
+    try:
+        dropped = indexing.forget(database, export)
+    except ValueError as exc:
+        _fail(str(exc))
+    click.echo(f"forgot {export}: {dropped} source file(s) and their messages dropped")
+
+
 class _Progress:
     """A rich progress bar on a terminal; nothing otherwise."""
 

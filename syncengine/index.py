@@ -111,6 +111,7 @@ class Export:
     path: Path
     problem: str | None = None   # None: found and walked (a tree) or to be read (a file)
     task: Task | None = None     # a single file's task
+    lost: bool = False           # gone, and its locations with it: the index is no longer whole
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[Task], list[Export]]:
@@ -232,7 +233,9 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
             report(_problem(export.path, f"already indexed for mailbox {owned[text(export.path)]}; "
                                          "one export belongs to one mailbox"))
         elif export.problem:
-            summary.removed += writer.vanish(_under(known, export.path))
+            dropped = writer.vanish(_under(known, export.path))
+            summary.removed += dropped
+            export.lost = dropped > 0
             report(_problem(export.path, export.problem))
     tasks = [t for t in tasks if t.root not in refused]
     if on_tasks:
@@ -266,9 +269,25 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
     for rep in writer.write_files(files, progress, workers):
         report(rep)
     writer.record_exports([e for e in exports if e.path not in refused])
-    writer.collect_garbage()
+    collect_garbage(db.conn)
+    db.conn.execute("DELETE FROM temp.gone")  # moves are matched within one run
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
+
+
+def forget(db: sqlite_utils.Database, path: Path) -> int:
+    """An export gone for good: its sources and locations are dropped and it no longer
+    holds its mailbox waiting. Returns the number of sources dropped."""
+    name = text(Path(path).absolute())
+    with transaction(db.conn) as conn:
+        if conn.execute("SELECT 1 FROM exports WHERE path = ?", (name,)).fetchone() is None:
+            raise ValueError(f"{name}: not a known export (see `syncengine status`)")
+        ids = [r[0] for r in conn.execute("SELECT id FROM sources WHERE root = ?", (name,))]
+        conn.executemany("DELETE FROM locations WHERE source_id = ?", [(i,) for i in ids])
+        conn.executemany("DELETE FROM sources WHERE id = ?", [(i,) for i in ids])
+        conn.execute("DELETE FROM exports WHERE path = ?", (name,))
+    collect_garbage(db.conn)
+    return len(ids)
 
 
 def _under(known: dict[str, dict], export: Path) -> list[str]:
@@ -367,11 +386,13 @@ class Writer:
                     row = self.conn.execute("SELECT status, stale FROM sources WHERE path = ?",
                                             (text(export.path),)).fetchone()
                     problem = None if row and row[0] != "error" else "could not be read"
+                # A lost export no longer counts as read: its mailbox waits until it reads
+                # again, or until `syncengine forget` says it is gone for good (C19).
                 self.conn.execute(
                     "INSERT INTO exports VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
-                    " good_at = coalesce(exports.good_at, excluded.good_at), checked_at = excluded.checked_at,"
-                    " problem = excluded.problem",
-                    (text(export.path), self.mailbox, None if problem else self.now, self.now, problem))
+                    " good_at = CASE WHEN ? THEN NULL ELSE coalesce(exports.good_at, excluded.good_at) END,"
+                    " checked_at = excluded.checked_at, problem = excluded.problem",
+                    (text(export.path), self.mailbox, None if problem else self.now, self.now, problem, export.lost))
 
     def write_stores(self, stores: list[tuple[Task, int, int]], progress: Progress | None,
                      workers: int | None) -> Iterator[FileReport]:
@@ -560,9 +581,8 @@ class Writer:
             (text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale,
              kept, size, kept, mtime_ns, kept, source_id, result.fatal, self.now, source_id))
 
-    def collect_garbage(self) -> None:
-        """Messages left without any location are gone from every export."""
-        with transaction(self.conn):
-            self.conn.execute("DELETE FROM messages WHERE NOT EXISTS"
-                              " (SELECT 1 FROM locations l WHERE l.message = messages.id)")
-            self.conn.execute("DELETE FROM gone")
+
+def collect_garbage(conn) -> None:
+    """Messages left without any location are gone from every export."""
+    with transaction(conn):
+        conn.execute("DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM locations l WHERE l.message = messages.id)")

@@ -308,3 +308,19 @@ def test_c19_property_no_flicker_of_a_real_store_delivers_what_it_holds_or_purge
         db.conn.close()
 
     check()
+
+
+def test_c19_an_export_gone_outside_an_event_keeps_its_mailbox_waiting_until_it_returns_or_is_forgotten(tmp_path):
+    db, pst = tmp_path / "store.db", tmp_path / "alice.msg"
+    shutil.copy(TREE / "Inbox" / "plain.msg", pst)
+    run_cli("index", str(pst), "--db", str(db), "--mailbox", ALICE, check=True)
+    pst.unlink()
+    assert run_cli("index", str(pst), "--db", str(db), "--mailbox", ALICE).returncode == 3
+    demo = FIXTURES / "scenarios" / "demo"
+    run_cli("snapshot", "add", str(demo / "snapshots" / "alice-0859"), "--db", str(db), check=True)
+    started = run_cli("event", "start", "ev1", "--mailbox", ALICE, "--db", str(db), check=True)
+    assert "reconcile wrote 0 deltas" in started.stdout and "no such file or folder" in started.stderr
+    forgot = run_cli("forget", str(pst), "--db", str(db), check=True)
+    assert "forgot" in forgot.stdout
+    assert run_cli("sync", "--db", str(db), check=True).stdout.strip() == "3 deltas"  # an empty index, now whole
+    assert run_cli("forget", str(pst), "--db", str(db)).returncode == 4
