@@ -143,7 +143,10 @@ class Event:
         return None if self.ended_at is None else self.ended_at + self.post_event_window
 
     def next_poll(self) -> float:
-        return self.last_poll + self.poll_interval
+        """The first time on the event's schedule (every poll_interval from its start,
+        C8) after its last poll: a late poll does not shift the schedule."""
+        done = int((self.last_poll - self.started_at) // self.poll_interval)
+        return self.started_at + (done + 1) * self.poll_interval
 
 
 _EVENT_SELECT = ("SELECT id, name, phase, started_at, ended_at, last_poll, expand_lists, poll_interval,"
@@ -240,9 +243,9 @@ def poll(db: sqlite_utils.Database, now: float, events: list[str] | None = None)
 
 
 def due_events(db: sqlite_utils.Database, now: float) -> list[str]:
-    """Events whose poll schedule (every poll_interval from the start, C8) includes `now`."""
-    return [e.name for e in open_events(db.conn)
-            if now > e.last_poll and (now - e.started_at) % e.poll_interval == 0]
+    """Events whose next poll (C8) is due at `now`: the replay's virtual clock lands on it
+    exactly, the daemon's wall clock at or after it."""
+    return [e.name for e in open_events(db.conn) if now >= e.next_poll()]
 
 
 # --- deciding -------------------------------------------------------------------------------
@@ -293,13 +296,21 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[
     addresses = sorted(view.addresses(mailbox))
     groups = view.groups(mailbox) if event.expand_lists else set()
     marks = ", ".join("?" * len(addresses))
+    # Entries are added at the engine's clock, so ids grow with visible_at: everything at or
+    # below the cursor was decided by an earlier poll, and an idle poll reads nothing.
+    cursor = conn.execute("SELECT entry_cursor FROM event_mailboxes WHERE event = ? AND mailbox = ?",
+                          (event.id, mailbox)).fetchone()[0]
     ids = [row[0] for row in conn.execute(
-        f"SELECT id FROM entries e WHERE e.visible_at <= ? AND ((e.kind = 'mailbox' AND e.address IN ({marks}))"
-        f" OR (e.kind = 'group' AND ?)) AND NOT EXISTS (SELECT 1 FROM decided d WHERE d.event = ?"
-        f" AND d.mailbox = ? AND d.entry = e.id) ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
-        (now, *addresses, int(event.expand_lists), event.id, mailbox))]
+        f"SELECT id FROM entries e WHERE e.id > ? AND e.visible_at <= ? AND ((e.kind = 'mailbox'"
+        f" AND e.address IN ({marks})) OR (e.kind = 'group' AND ?)) AND NOT EXISTS (SELECT 1 FROM decided d"
+        f" WHERE d.event = ? AND d.mailbox = ? AND d.entry = e.id)"
+        f" ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
+        (cursor, now, *addresses, int(event.expand_lists), event.id, mailbox))]
     if not ids:
         return []
+    later = conn.execute("SELECT min(id) FROM entries WHERE id > ? AND visible_at > ?", (cursor, now)).fetchone()[0]
+    conn.execute("UPDATE event_mailboxes SET entry_cursor = ? WHERE event = ? AND mailbox = ?",
+                 (max(ids) if later is None else min(max(ids), later - 1), event.id, mailbox))
     delivered = rules.Delivered()
     for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm"
                             " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):

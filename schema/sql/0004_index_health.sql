@@ -20,4 +20,6 @@ INSERT OR IGNORE INTO exports (path, mailbox, good_at, checked_at)
 
 -- When the event decided for the mailbox first (C3); NULL while it is waiting-for-index.
 ALTER TABLE event_mailboxes ADD COLUMN reconciled_at REAL;
+-- The highest entry id this event has decided for the mailbox: an idle poll reads nothing.
+ALTER TABLE event_mailboxes ADD COLUMN entry_cursor INTEGER NOT NULL DEFAULT 0;
 UPDATE event_mailboxes SET reconciled_at = (SELECT started_at FROM events WHERE events.id = event_mailboxes.event);
