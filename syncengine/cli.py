@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -92,20 +93,27 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
         mailbox = normalise.mailbox(mailbox)
     except ValueError as exc:
         _fail(f"--mailbox: {exc}", 2)
-    database = open_store(db)
-    progress = _Progress(enabled=not as_json and sys.stderr.isatty())
-
-    def on_file(report: indexing.FileReport) -> None:
+    def on_file(report: dict) -> None:
         if as_json:
-            click.echo(json.dumps(report.as_json(), ensure_ascii=False))
-        elif report.status != "ok":
-            for error in report.errors:
-                where = "" if error.where == report.path else f" ({error.where})"
-                click.echo(printable(f"{report.status}: {report.path}{where}: {error.reason}"), err=True)
+            click.echo(json.dumps(report, ensure_ascii=False))
+        elif report["status"] != "ok":
+            for error in report["errors"]:
+                where = "" if error["where"] == report["path"] else f" ({error['where']})"
+                click.echo(printable(f"{report['status']}: {report['path']}{where}: {error['reason']}"), err=True)
 
-    with progress:
-        summary = indexing.run(database, paths, mailbox, progress=progress.advance, on_file=on_file,
-                               on_tasks=progress.start if progress.enabled else None, workers=workers)
+    forwarded = _via_daemon(db, {"command": "index", "mailbox": mailbox,
+                                 "paths": [str(p.absolute()) for p in paths]})
+    if forwarded is not None:
+        for report in forwarded["reports"]:
+            on_file(report)
+        summary = indexing.Summary(**forwarded["summary"])
+    else:
+        database = open_store(db)
+        progress = _Progress(enabled=not as_json and sys.stderr.isatty())
+        with progress:
+            summary = indexing.run(database, paths, mailbox, progress=progress.advance,
+                                   on_file=lambda r: on_file(r.as_json()),
+                                   on_tasks=progress.start if progress.enabled else None, workers=workers)
     if as_json:
         click.echo(json.dumps(summary.as_json()))
     else:
@@ -298,11 +306,14 @@ def snapshot_add(path: Path, db: Path) -> None:
     than 200 is rejected whole and the others still apply. Entry content is copied
     into the store so clients can read it after the snapshot folder is gone.
     """
-    database = open_store(db)
-    try:
-        result = engine.add_snapshot(database, path, _now())
-    except formats.FormatError as exc:
-        _fail(str(exc))
+    forwarded = _via_daemon(db, {"command": "snapshot_add", "path": str(path.absolute())})
+    if forwarded is not None:
+        result = engine.SnapshotResult(**forwarded)
+    else:
+        try:
+            result = engine.add_snapshot(open_store(db), path, _now())
+        except formats.FormatError as exc:
+            _fail(str(exc))
     for _, reason in result.rejected:
         click.echo(f"error: rejected page: {reason}", err=True)
     for file, reason in result.warnings:
@@ -322,13 +333,14 @@ def directory() -> None:
 @DB_OPTION
 def directory_add(path: Path, db: Path) -> None:
     """Record a successful directory sync; from now on it is the one in force (C16)."""
-    database = open_store(db)
-    try:
-        parsed = engine.add_directory(database, path, _now())
-    except formats.FormatError as exc:
-        _fail(str(exc))
-    click.echo(f"{path}: {len(parsed.users)} users, {len(parsed.groups)} groups, "
-               f"{len(parsed.delegates)} delegations")
+    counts = _via_daemon(db, {"command": "directory_add", "path": str(path.absolute())})
+    if counts is None:
+        try:
+            parsed = engine.add_directory(open_store(db), path, _now())
+        except formats.FormatError as exc:
+            _fail(str(exc))
+        counts = {"users": len(parsed.users), "groups": len(parsed.groups), "delegates": len(parsed.delegates)}
+    click.echo(f"{path}: {counts['users']} users, {counts['groups']} groups, {counts['delegates']} delegations")
 
 
 @cli.group()
@@ -347,6 +359,11 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
     Every entry visible so far is matched against the index; what is not in the
     mailbox is delivered. A mailbox already in an open event is refused.
     """
+    forwarded = _via_daemon(db, {"command": "event_start", "event": name, "mailboxes": list(mailboxes),
+                                 "expand_distribution_lists": expand_distribution_lists})
+    if forwarded is not None:
+        click.echo(f"event {name} started: reconcile wrote {forwarded['deltas']} deltas")
+        return
     database = open_store(db)
     try:
         written = engine.start_event(database, name, list(mailboxes), expand_distribution_lists, _now())
@@ -361,11 +378,11 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
 @DB_OPTION
 def event_end(name: str, db: Path) -> None:
     """End event NAME now; duplicates are watched for during the post-event window (C14)."""
-    database = open_store(db)
-    try:
-        engine.end_event(database, name, _now())
-    except engine.EngineError as exc:
-        _fail(str(exc))
+    if _via_daemon(db, {"command": "event_end", "event": name}) is None:
+        try:
+            engine.end_event(open_store(db), name, _now())
+        except engine.EngineError as exc:
+            _fail(str(exc))
     click.echo(f"event {name} ending")
 
 
@@ -373,6 +390,10 @@ def event_end(name: str, db: Path) -> None:
 @DB_OPTION
 def sync(db: Path) -> None:
     """One poll now, of every open event: what the daemon does each minute (C8)."""
+    forwarded = _via_daemon(db, {"command": "sync"})
+    if forwarded is not None:
+        click.echo(f"{forwarded['deltas']} deltas")
+        return
     database = open_store(db)
     written = engine.poll(database, _now())
     click.echo(f"{len(written)} deltas")
@@ -402,13 +423,32 @@ def deltas(db: Path, since: int, as_json: bool) -> None:
                        f"[{printable(delta['source'])}] {delta['reason']}")
 
 
+CONFIG_OPTION = click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+                             help="The daemon's config (TOML); its `db` is the store.")
+
+
+def _load_config(config: Path):
+    from .daemon import config as config_mod
+    try:
+        return config_mod.load(config)
+    except (config_mod.ConfigError, formats.FormatError) as exc:
+        _fail(str(exc), 2)
+
+
 @cli.command()
-@DB_OPTION
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="The store.")
+@CONFIG_OPTION
 @click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
-def status(db: Path, as_json: bool) -> None:
-    """Events, their phase and counts, and the last errors."""
+def status(db: Path | None, config: Path | None, as_json: bool) -> None:
+    """Events, their phase and counts, mailboxes waiting for their index, stale exports,
+    the last errors, and whether a daemon runs on the store (--db or --config)."""
+    if (db is None) == (config is None):
+        _fail("give the store (--db FILE) or the daemon's config (--config FILE)", 2)
+    if config is not None:
+        db = _load_config(config).db
     database = open_store(db, create=False)
     info = engine.status(database)
+    info["daemon"] = _daemon_holder(db)
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
@@ -424,8 +464,116 @@ def status(db: Path, as_json: bool) -> None:
     for item in info["stale"]:
         click.echo(printable(f"stale: {item['file']} ({item['mailbox']}): {item['stale']}"))
     click.echo(f"{info['deltas']} deltas in the log")
+    click.echo(f"daemon: {info['daemon'] or 'not running'}")
     for error in info["last_errors"]:
         click.echo(printable(f"error: {error['file']}: {error['reason']}"))
+
+
+def _via_daemon(db: Path, request: dict) -> dict | None:
+    """While a daemon holds the store it is the one writer: send it the command over the
+    store's own ipc socket and return its result (None: no daemon, do it here)."""
+    holder = _daemon_holder(db)
+    if holder is None:
+        return None
+    import zmq
+
+    from . import endpoints as endpoints_mod
+    where = endpoints_mod.for_store(db)
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(where.router)
+        dealer.send(json.dumps({"op": "admin", **request}).encode())
+        if not dealer.poll(3_600_000):
+            _fail(f"the daemon ({holder}) did not answer", EXIT_STORE)
+        reply = json.loads(dealer.recv())
+    finally:
+        dealer.close()
+        context.term()
+    if reply.get("op") == "error":
+        _fail(reply.get("reason", "refused by the daemon"))
+    return reply["result"]
+
+
+def _daemon_holder(db: Path) -> str | None:
+    """'pid N' of the daemon holding the store, or None."""
+    import fcntl
+    lock = Path(f"{db}.d") / "daemon.lock"
+    try:
+        handle = open(lock)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "running"
+    return None
+
+
+@cli.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the config.")
+@click.option("--mailbox", "address", help="The mailbox's address (default: $USER@localhost, to edit).")
+@click.option("--export", "exports", multiple=True, help="An export of the mailbox (repeatable).")
+def init(config: Path, address: str | None, exports: tuple[str, ...]) -> None:
+    """Write a commented starter config for the daemon, then exit.
+
+    It names the store, the snapshot drop folder, the directory file, one mailbox and its
+    exports, and the notification endpoint; edit it, then run `syncengine daemon --config
+    FILE`. An existing file is never overwritten.
+    """
+    from .daemon import config as config_mod
+    if config.exists():
+        _fail(f"{config}: already exists; not overwritten", 2)
+    address = address or f"{os.environ.get('USER', 'me')}@localhost"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(config_mod.starter(config, address, list(exports) or ["mail"]), encoding="utf-8")
+    (config.parent / "snapshots").mkdir(exist_ok=True)
+    click.echo(f"wrote {config}: edit the mailbox and its exports, then: syncengine daemon --config {config}")
+
+
+@cli.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The daemon's config (TOML; `syncengine init` writes one).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="One line per action; json for machines.")
+@click.option("--verbose", "-v", is_flag=True, help="Also log each client connection and refusal.")
+def daemon(config: Path, log_format: str, verbose: bool) -> None:
+    """Run the workstation daemon in the foreground until SIGTERM or Ctrl-C.
+
+    It watches every mailbox export and the snapshot drop folder, keeps the index
+    current (a changed file is read once it has been quiet for a second; a store
+    Outlook holds open keeps its last good index and is retried), applies each dropped
+    snapshot once, re-reads the directory file when it changes, polls each running
+    event on its schedule, starts and ends the config's [[event]]s, and serves plugin
+    clients on the store's sockets (`syncengine listen --db STORE` finds them).
+    Logs go to stderr. docs/daemon.md has a systemd unit and the Windows notes.
+
+    \b
+    Exit codes:
+      0  stopped by SIGTERM or Ctrl-C, everything committed
+      1  the store, its sockets or its lock could not be had (another daemon runs)
+      2  the config is invalid (the message names the key and the reason)
+    """
+    import logging
+    import signal
+
+    from .daemon import run as run_mod
+    from .daemon.logs import configure
+
+    settings = _load_config(config)
+    configure(log_format, verbose)
+    try:
+        running = run_mod.Daemon(settings)
+    except (run_mod.DaemonError, store.StoreError) as exc:
+        _fail(str(exc), EXIT_STORE)
+    except Exception as exc:  # endpoints and keys: say what, not how
+        _fail(f"cannot start: {exc}", EXIT_STORE)
+    signal.signal(signal.SIGTERM, lambda *_: (running.stop.set(), running.changes.kick.set()))
+    signal.signal(signal.SIGINT, lambda *_: (running.stop.set(), running.changes.kick.set()))
+    running.run()
 
 
 ENDPOINT_OPTION = click.option(

@@ -59,9 +59,16 @@ class SnapshotResult:
 Journal = Callable[[sqlite3.Connection], None] | None
 
 
-def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Journal = None) -> SnapshotResult:
+def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Journal = None,
+                 once: bool = False) -> SnapshotResult | None:
     """Make the snapshot at `path` visible at `now`: valid pages are stored with their
-    content, rejected pages are recorded with the reason and nothing of them applies."""
+    content, rejected pages are recorded with the reason and nothing of them applies.
+    With `once`, a snapshot folder applied before (by this process or another watching
+    the same drop folder) is not applied again, and None is returned."""
+    if once:
+        path = Path(path).absolute()
+        if db.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
+            return None
     loaded = snapshot.load(path)
     content_dir = files.private_dir(store_dir(db) / "content")
     for row in loaded.entries:
@@ -75,6 +82,8 @@ def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Jou
         if row.message_class is None:
             row.message_class = snapshot.content_class(data)
     with transaction(db.conn) as conn:
+        if once and conn.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
+            return None  # another process applied it while this one read it
         cursor = conn.execute("INSERT INTO snapshots (path, visible_at, pages, rejected_pages, entries)"
                               " VALUES (?, ?, ?, ?, ?)",
                               (str(path), now, loaded.pages, len(loaded.rejected), len(loaded.entries)))
@@ -106,6 +115,19 @@ def add_directory(db: sqlite_utils.Database, path: Path, now: float, journal: Jo
         if journal:
             journal(conn)
     return parsed
+
+
+def add_directory_if_new(db: sqlite_utils.Database, path: Path, now: float) -> bool:
+    """The directory file as a new sync, unless it says what the sync in force says."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise formats.FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    latest = db.execute("SELECT body FROM directory_syncs ORDER BY added_at DESC, id DESC LIMIT 1").fetchone()
+    if latest and latest[0] == data:
+        return False
+    add_directory(db, path, now)
+    return True
 
 
 def directory_at(conn: sqlite3.Connection, now: float) -> directory_mod.DirectoryView:

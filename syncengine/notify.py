@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class _KeyAuthenticator(ThreadAuthenticator):
 
 class Server:
     def __init__(self, db_path: Path, endpoint: str | None = None, curve: Curve | None = None,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, forward: Forward | None = None):
         self.db_path = Path(db_path)
         self.endpoints = endpoints_mod.for_store(self.db_path, endpoint)
         if self.endpoints.is_tcp and curve is None:
@@ -81,6 +82,8 @@ class Server:
         self._auth = None
         self._stop = threading.Event()
         self._wake_endpoint = f"inproc://syncengine-wake-{id(self)}"
+        self._reply_endpoint = f"inproc://syncengine-replies-{id(self)}"
+        self.forward = forward  # the daemon runs event requests on its writer, never on this loop
         self._bind()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -144,6 +147,8 @@ class Server:
             os.umask(previous)
         self.wake_pull = ctx.socket(zmq.PULL)
         self.wake_pull.bind(self._wake_endpoint)
+        self.reply_pull = ctx.socket(zmq.PULL)
+        self.reply_pull.bind(self._reply_endpoint)
 
     def _version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]
@@ -153,6 +158,10 @@ class Server:
     def waker(self) -> "Waker":
         """For an engine in the same process: tell the server, after a commit, to publish."""
         return Waker(self.context, self._wake_endpoint)
+
+    def replier(self) -> "Replier":
+        """For the thread that runs forwarded requests: answer them through the server."""
+        return Replier(self.context, self._reply_endpoint)
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,7 +177,7 @@ class Server:
     def serve_forever(self) -> None:
         self._open()
         poller = zmq.Poller()
-        for sock in (self.router, self.pub, self.wake_pull, *self.monitors):
+        for sock in (self.router, self.pub, self.wake_pull, self.reply_pull, *self.monitors):
             poller.register(sock, zmq.POLLIN)
         next_beat = 0.0
         next_check = 0.0
@@ -182,6 +191,10 @@ class Server:
                     for _ in drain(self.wake_pull):
                         pass
                     self.publish_new()
+                if self.reply_pull in ready:
+                    for identity, *bodies in drain(self.reply_pull):
+                        self._reply(identity, bodies)
+                        self.publish_new()
                 if self.router in ready:
                     self._drain_requests()
                 if self.pub in ready:
@@ -205,7 +218,7 @@ class Server:
             self.close()
 
     def close(self) -> None:
-        for sock in (*self.monitors, self.router, self.pub, self.wake_pull):
+        for sock in (*self.monitors, self.router, self.pub, self.wake_pull, self.reply_pull):
             sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
@@ -287,7 +300,7 @@ class Server:
                 if isinstance(request, protocol.Ack):
                     self._acks.append((identity, request, self._check_ack(request, user)))
                     continue
-                replies = self.handle(request, user)
+                replies = self.handle(request, user, identity)
             except protocol.RequestError as exc:
                 replies = [_error(f"bad request: {exc}", body.bytes)]
             except store.StoreBusy:
@@ -309,16 +322,23 @@ class Server:
                 log.info("stopped replying to a client: %s", exc)
                 return
 
-    def handle(self, request: protocol.Request, user: str | None) -> list:
+    def handle(self, request: protocol.Request, user: str | None, identity: bytes = b"") -> list:
         """The replies to one validated request: dicts, deltas as their stored JSON lines,
-        or a list of frames (content)."""
+        or a list of frames (content). A forwarded request is answered later."""
         if isinstance(request, protocol.Hello):
             return self._hello(request, user)
         if isinstance(request, protocol.Status):
             return [self._status(request, user)]
         if isinstance(request, protocol.Content):
             return self._content(request, user)
-        return self._event(request, user)
+        if isinstance(request, protocol.Admin):
+            if self.curve is not None:
+                return [{"op": "error", "reason": "admin requests only over the store's own ipc sockets"}]
+            if self.forward is None:
+                return [{"op": "error", "reason": "no daemon holds this store; run the command without one"}]
+            self.forward(request, identity)
+            return []
+        return self._event(request, user, identity)
 
     def _client(self, client: str, user: str | None) -> tuple[str, str]:
         """The client id and the address it acts for: with CURVE, the key's address."""
@@ -428,22 +448,24 @@ class Server:
             return [{"op": "error", "reason": "the content file is no longer readable"}]
         return [[{**header, "size": len(data)}, data]]
 
-    def _event(self, request: protocol.StartEvent | protocol.EndEvent, user: str | None) -> list[dict]:
+    def _event(self, request: protocol.StartEvent | protocol.EndEvent, user: str | None,
+               identity: bytes) -> list[dict]:
         _, address = self._client(request.client, user)
         now = float(int(time.time()))
         try:
+            covered = request.mailboxes if isinstance(request, protocol.StartEvent) else \
+                engine.event_mailboxes(self.db.conn, request.event)
+            refusal = self._refused(address, covered)  # N5: ending is as much an act on them as starting
+            if refusal:
+                return [refusal]
+            if self.forward is not None:
+                self.forward(request, identity)
+                return []
             if isinstance(request, protocol.StartEvent):
-                refusal = self._refused(address, request.mailboxes)
-                if refusal:
-                    return [refusal]
                 written = engine.start_event(self.db, request.event, request.mailboxes,
                                              request.expand_distribution_lists, now)
                 self.publish_new()
                 return [{"op": "event_started", "event": request.event, "deltas": len(written)}]
-            covered = engine.event_mailboxes(self.db.conn, request.event)
-            refusal = self._refused(address, covered)
-            if refusal:  # N5: ending an event is as much an act on its mailboxes as starting one
-                return [refusal]
             engine.end_event(self.db, request.event, now)
             return [{"op": "event_ending", "event": request.event}]
         except engine.EngineError as exc:
@@ -488,6 +510,23 @@ def topic(mailbox: str) -> bytes:
 
 def beat_topic(mailbox: str) -> bytes:
     return f"beat.{mailbox}".encode() + b"\0"
+
+
+Forward = Callable[[protocol.Request, bytes], None]
+
+
+class Replier:
+    """Answers forwarded requests from the thread that ran them (a socket per thread)."""
+
+    def __init__(self, context: zmq.Context, endpoint: str):
+        self.sock = context.socket(zmq.PUSH)
+        self.sock.connect(endpoint)
+
+    def __call__(self, identity: bytes, replies: list[dict]) -> None:
+        self.sock.send_multipart([identity, *(json.dumps(r).encode() for r in replies)])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
 
 
 class Waker:

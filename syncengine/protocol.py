@@ -63,8 +63,20 @@ class Content(msgspec.Struct, tag="content", tag_field="op"):
     mailbox_seq: Annotated[int, msgspec.Meta(ge=1, le=SEQ_MAX)]
 
 
-Request = Hello | Ack | Status | StartEvent | EndEvent | Content
-OPS = ("hello", "ack", "status", "start_event", "end_event", "content")
+class Admin(msgspec.Struct, tag="admin", tag_field="op"):
+    """A state-changing command line run by the store's owner while a daemon holds the
+    store: the daemon runs it as one of its own tasks (one writer). ipc only."""
+    command: Literal["snapshot_add", "directory_add", "sync", "index", "event_start", "event_end"]
+    path: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    paths: Annotated[list[Annotated[str, msgspec.Meta(max_length=4096)]], msgspec.Meta(max_length=1000)] = []
+    mailbox: Name | None = None
+    mailboxes: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAILBOXES)] = []
+    event: Name | None = None
+    expand_distribution_lists: bool = False
+
+
+Request = Hello | Ack | Status | StartEvent | EndEvent | Content | Admin
+OPS = ("hello", "ack", "status", "start_event", "end_event", "content", "admin")
 _decoder = msgspec.json.Decoder(Request)
 
 

@@ -1,0 +1,149 @@
+"""The daemon's TOML config: typed, validated at start (unknown keys and bad values are
+refused naming the key and the reason), paths relative to the config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from .. import formats, normalise
+
+Seconds = Annotated[int, msgspec.Meta(ge=1, le=86_400)]
+
+
+class ConfigError(Exception):
+    """A config that cannot work; the text names the file, the key and the reason."""
+
+
+class MailboxConfig(msgspec.Struct, forbid_unknown_fields=True):
+    address: str
+    exports: list[str] = []
+
+
+class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True):
+    endpoint: str = "ipc"    # ipc: the store's default sockets (as `serve --db`); or tcp://HOST:PORT with keys
+    keys: str | None = None  # folder of CURVE keys (`syncengine keys generate`), required for tcp
+
+
+class EventConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    mailboxes: list[str]
+    start: str
+    end: str | None = None
+    expand_distribution_lists: bool = False
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    db: str = "store.db"
+    snapshot_folder: str = "snapshots"
+    directory_file: str = "directory.json"
+    poll_interval: Seconds = 60
+    post_event_window: Annotated[int, msgspec.Meta(ge=0, le=7 * 86_400)] = 600
+    calendar_items: bool = True
+    rescan_interval: Seconds = 600
+    mailbox: list[MailboxConfig] = []
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
+    event: list[EventConfig] = []
+    mimecast: dict[str, Any] | None = None
+
+
+@dataclass
+class Settings:
+    """The config with every path made absolute and every address normalised."""
+    file: Path
+    db: Path
+    snapshot_folder: Path
+    directory_file: Path
+    poll_interval: int
+    post_event_window: int
+    calendar_items: bool
+    rescan_interval: int
+    mailboxes: dict[str, list[Path]]   # address -> exports
+    endpoint: str | None               # None: the store's default ipc sockets
+    keys: Path | None
+    events: list[EventConfig]
+
+    def engine_settings(self) -> formats.Settings:
+        return formats.Settings(self.poll_interval, self.post_event_window, self.calendar_items)
+
+
+def load(path: Path) -> Settings:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        config = msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {formats._path_first(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    base = path.absolute().parent
+
+    def place(value: str) -> Path:
+        return (base / Path(value).expanduser()).absolute()
+
+    if config.mimecast is not None:
+        raise ConfigError(f"{path}: [mimecast]: the Mimecast poller is not part of this version; "
+                          "drop snapshots into snapshot_folder instead")
+    mailboxes: dict[str, list[Path]] = {}
+    for number, box in enumerate(config.mailbox):
+        try:
+            address = normalise.mailbox(box.address)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: $.mailbox[{number}].address: {exc}") from None
+        if address in mailboxes:
+            raise ConfigError(f"{path}: $.mailbox[{number}].address: {address} is configured twice")
+        mailboxes[address] = [place(e) for e in box.exports]
+    if not mailboxes:
+        raise ConfigError(f"{path}: no [[mailbox]]: name at least one mailbox and its exports")
+    for number, event in enumerate(config.event):
+        for key in ("start", "end"):
+            if getattr(event, key) is not None:
+                formats.check_time(getattr(event, key), str(path), f"$.event[{number}].{key}")
+    endpoint = None if config.notify.endpoint == "ipc" else config.notify.endpoint
+    keys = place(config.notify.keys) if config.notify.keys else None
+    if endpoint and endpoint.startswith("tcp://") and keys is None:
+        raise ConfigError(f"{path}: $.notify.keys: a tcp endpoint needs CURVE keys (syncengine keys generate DIR)")
+    return Settings(path.absolute(), place(config.db), place(config.snapshot_folder), place(config.directory_file),
+                    config.poll_interval, config.post_event_window, config.calendar_items, config.rescan_interval,
+                    mailboxes, endpoint, keys, config.event)
+
+
+STARTER = '''\
+# syncengine daemon config (TOML). Paths are relative to this file.
+# Run it:  syncengine daemon --config {name}
+
+db = "store.db"                      # the store: one SQLite file (owner-only)
+snapshot_folder = "snapshots"        # drop folder: each snapshot folder or .json file dropped here is applied once
+directory_file = "directory.json"    # directory sync, re-read when it changes (missing: no directory yet)
+poll_interval = 60                   # seconds between polls of a running event (C8)
+post_event_window = 600              # seconds Exchange copies are watched for after an event ends (C14)
+calendar_items = true                # deliver calendar items (Outlook 2013 and later)
+rescan_interval = 600                # seconds between full rescans, for changes the watcher missed
+
+[[mailbox]]
+address = "{address}"
+exports = [{exports}]                # PST/OST files and folder trees of .msg/.eml files
+
+[notify]
+endpoint = "ipc"                     # the store's own sockets (syncengine listen --db store.db finds them)
+# endpoint = "tcp://0.0.0.0:5560"    # for clients on other machines; needs CURVE keys:
+# keys = "keys"                      #   syncengine keys generate keys; ... --client ADDRESS
+
+# An event on a schedule (optional); events also start from the command line or a client.
+# [[event]]
+# name = "outage-1"
+# mailboxes = ["{address}"]
+# start = "2026-12-01T09:00:00Z"
+# end = "2026-12-01T17:00:00Z"
+'''
+
+
+def starter(path: Path, address: str, exports: list[str]) -> str:
+    quoted = ", ".join(f'"{e}"' for e in exports)
+    return STARTER.format(name=path.name, address=address, exports=quoted)

@@ -1,0 +1,480 @@
+"""The daemon's threads, each with one job, composed of the engine's own functions.
+
+- scheduler (the main thread): sleeps until the next thing is due (a poll on an event's
+  schedule, a quiet changed file, a rescan, a scheduled event), then queues work;
+- writer: owns the write connection and runs write tasks one at a time (snapshots,
+  directory syncs, polls, event starts and ends, including those clients ask for);
+- indexer: its own connection; parsing holds no lock, only each merge does, so a poll
+  is never held hostage by a large PST (index.py);
+- notify: the notification server (its own connection), woken after every commit;
+- watchdog: its handlers only mark paths as changed.
+
+State is only SQLite: a kill -9 at any moment, then a restart, resumes from the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .. import engine, formats, index, normalise, notify, protocol, store
+from ..store import transaction
+from .config import Settings
+
+log = logging.getLogger("syncengine.daemon")
+
+QUIET_SECONDS = 1.0   # a changed file is ready once unchanged this long (and it opens)
+RETRY_SECONDS = 30.0  # a file that would not open (Outlook holds it) is tried again after this
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the text says why."""
+
+
+@dataclass
+class Pending:
+    """A changed path waiting to be quiet."""
+    seen: float                 # monotonic time of its last change
+    stat: tuple[int, int] | None = None
+
+
+@dataclass
+class Changes:
+    """Paths that changed, marked by watchdog's thread, taken by the scheduler."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    paths: dict[str, Pending] = field(default_factory=dict)
+    retry_at: dict[Path, float] = field(default_factory=dict)  # exports that would not read
+    kick: threading.Event = field(default_factory=threading.Event)
+
+    def retry(self, export: Path) -> None:
+        with self.lock:
+            self.retry_at[export] = time.monotonic() + RETRY_SECONDS
+        self.kick.set()
+
+    def retries(self, now: float) -> tuple[list[Path], list[float]]:
+        """Exports due to be tried again, and when the others are."""
+        with self.lock:
+            due = [p for p, at in self.retry_at.items() if at <= now]
+            for path in due:
+                del self.retry_at[path]
+            return due, [at for at in self.retry_at.values()]
+
+    def pending(self) -> list[str]:
+        with self.lock:
+            return list(self.paths)
+
+    def mark(self, path: str) -> None:
+        with self.lock:
+            self.paths[path] = Pending(time.monotonic())
+        self.kick.set()
+
+    def ready(self, now: float) -> tuple[list[str], float | None]:
+        """Paths quiet for QUIET_SECONDS with a stable size and mtime; the next deadline."""
+        ready, next_at = [], None
+        with self.lock:
+            for path, pending in list(self.paths.items()):
+                if now - pending.seen < QUIET_SECONDS:
+                    next_at = min(next_at or pending.seen + QUIET_SECONDS, pending.seen + QUIET_SECONDS)
+                    continue
+                current = _stat(path)
+                if current != pending.stat and current is not None:  # still being written: wait again
+                    pending.stat, pending.seen = current, now
+                    next_at = min(next_at or now + QUIET_SECONDS, now + QUIET_SECONDS)
+                    continue
+                del self.paths[path]
+                ready.append(path)
+        return ready, next_at
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, changes: Changes):
+        self.changes = changes
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self.changes.mark(os.fsdecode(path))
+
+
+Task = Callable[[], None]
+
+
+class Daemon:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stop = threading.Event()
+        self.changes = Changes()
+        self.writes: queue.Queue[Task | None] = queue.Queue()
+        self.indexing: queue.Queue[tuple[str, list[Path]] | None] = queue.Queue()
+        self._queued_polls: set[str] = set()
+        self._lock = self._take_lock()
+        db = store.connect(settings.db)  # the writer opens its own: connections stay in their thread
+        with transaction(db.conn) as conn:
+            engine.set_settings(conn, settings.engine_settings())
+        db.conn.close()
+        self.db = None
+        try:
+            self.server = notify.Server(settings.db, settings.endpoint,
+                                        notify.Curve(settings.keys) if settings.keys else None,
+                                        forward=self._forward)
+        except notify.ServeError as exc:
+            raise DaemonError(str(exc)) from None
+        self.waker = None
+        self.replier = None
+        self.scheduled_done: set[tuple[str, str]] = set()
+
+    # --- start and stop -------------------------------------------------------------------------
+
+    def _take_lock(self):
+        """One daemon per store: a second one names the first one's pid and stops."""
+        folder = Path(f"{self.settings.db}.d")
+        from ..files import private_dir
+        private_dir(folder)
+        handle = os.fdopen(os.open(folder / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DaemonError(f"{self.settings.db}: a daemon already runs on this store ({holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        return handle
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._writer, name="writer"),
+                   threading.Thread(target=self._indexer, name="indexer", daemon=True),
+                   threading.Thread(target=self.server.serve_forever, name="notify")]
+        for thread in threads:
+            thread.start()
+        observer = self._watch()
+        log.info("daemon started: store %s, %d mailbox(es), polls every %d s, notify %s",
+                 self.settings.db, len(self.settings.mailboxes), self.settings.poll_interval,
+                 self.server.endpoints.router)
+        try:
+            self._schedule()
+        finally:
+            observer.stop()
+            self.writes.put(None)
+            self.indexing.put(None)
+            threads[0].join()
+            self.server.stop()
+            threads[2].join(5)
+            threads[1].join(0.5)  # a parse in progress holds no lock and commits nothing half
+            observer.join(2)
+            log.info("daemon stopped")
+
+    def _watch(self) -> Observer:
+        observer = Observer()
+        handler = _Handler(self.changes)
+        watched = set()
+        for folder in [self.settings.snapshot_folder, self.settings.directory_file.parent,
+                       *(p if p.is_dir() else p.parent for paths in self.settings.mailboxes.values() for p in paths)]:
+            if folder.is_dir() and folder not in watched:
+                observer.schedule(handler, str(folder), recursive=True)
+                watched.add(folder)
+            elif not folder.exists():
+                log.warning("%s does not exist (yet); the rescan every %d s will find it", folder,
+                            self.settings.rescan_interval)
+        observer.start()
+        return observer
+
+    # --- the scheduler ---------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        read = store.connect(self.settings.db)  # the scheduler's own reads
+        next_rescan = 0.0
+        queued_polls = self._queued_polls
+        try:
+            while not self.stop.is_set():
+                monotonic = time.monotonic()
+                if monotonic >= next_rescan:
+                    next_rescan = monotonic + self.settings.rescan_interval
+                    self._rescan()
+                ready, quiet_at = self.changes.ready(monotonic)
+                if ready:
+                    self._changed(ready)
+                now = time.time()
+                self._scheduled_events(read, now)
+                upcoming = [next_rescan - monotonic]
+                for event in engine.open_events(read.conn):
+                    due = event.next_poll()
+                    if now >= due and event.name not in queued_polls:
+                        queued_polls.add(event.name)
+                        self.writes.put(lambda name=event.name: self._poll(name))
+                    upcoming.append(max(0.0, due - now) if event.name not in queued_polls else 1.0)
+                due_retries, later = self.changes.retries(monotonic)
+                self._queue_index(due_retries)
+                upcoming += [at - monotonic for at in later]
+                upcoming += [e - now for e in self._event_times() if e > now]
+                if quiet_at is not None:
+                    upcoming.append(quiet_at - monotonic)
+                self.changes.kick.wait(max(0.01, min(upcoming)))
+                self.changes.kick.clear()
+        finally:
+            read.conn.close()
+
+    def _event_times(self) -> list[float]:
+        times = []
+        for event in self.settings.events:
+            times.append(normalise.epoch(normalise.parse_iso(event.start)))
+            if event.end:
+                times.append(normalise.epoch(normalise.parse_iso(event.end)))
+        return times
+
+    def _scheduled_events(self, read, now: float) -> None:
+        """[[event]] entries of the config: started and ended once, at their times."""
+        for event in self.settings.events:
+            start = normalise.epoch(normalise.parse_iso(event.start))
+            end = normalise.epoch(normalise.parse_iso(event.end)) if event.end else None
+            row = read.execute("SELECT phase FROM events WHERE name = ?", (event.name,)).fetchone()
+            if row is None and now >= start and (event.name, "start") not in self.scheduled_done:
+                self.scheduled_done.add((event.name, "start"))
+                self.writes.put(lambda e=event: self._start(e.name, e.mailboxes, e.expand_distribution_lists))
+            elif row and row[0] == "active" and end is not None and now >= end \
+                    and (event.name, "end") not in self.scheduled_done:
+                self.scheduled_done.add((event.name, "end"))
+                self.writes.put(lambda e=event: self._end(e.name))
+
+    def _rescan(self) -> None:
+        """Everything, as at start: what the watcher may have missed (inotify limits, network drives)."""
+        for address, exports in self.settings.mailboxes.items():
+            self.indexing.put((address, exports))
+        self._drop_folder()
+        self.writes.put(self._directory)
+
+    def _changed(self, paths: list[str]) -> None:
+        exports = set()
+        for raw in paths:
+            path = Path(raw)
+            for address, configured in self.settings.mailboxes.items():
+                for export in configured:
+                    if path == export or export in path.parents:
+                        exports.add(export)
+            if path == self.settings.directory_file:
+                self.writes.put(self._directory)
+            if self.settings.snapshot_folder in path.parents:
+                self._drop_folder()
+        self._queue_index(sorted(exports))
+
+    def _queue_index(self, exports: list[Path]) -> None:
+        for address, configured in self.settings.mailboxes.items():
+            mine = [e for e in exports if e in configured]
+            if mine:
+                self.indexing.put((address, mine))
+
+    def _drop_folder(self) -> None:
+        """Each snapshot folder or .json file in the drop folder, applied once. Dot-names
+        are ignored: a writer builds under one and renames into place."""
+        folder = self.settings.snapshot_folder
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return
+        for name in names:
+            path = folder / name
+            if name.startswith(".") or not (path.is_dir() or name.endswith(".json")):
+                continue
+            pending = self.changes.pending()
+            if str(path) in pending or any(path in Path(p).parents for p in pending):
+                continue  # still changing: the scheduler comes back when it is quiet
+            self.writes.put(lambda p=path: self._snapshot(p))
+
+    # --- write tasks (the writer thread) ---------------------------------------------------------
+
+    def _writer(self) -> None:
+        self.db = store.connect(self.settings.db)
+        self.waker = self.server.waker()
+        self.replier = self.server.replier()
+        try:
+            while True:
+                task = self.writes.get()
+                if task is None:
+                    return
+                try:
+                    task()
+                except store.StoreBusy as exc:
+                    log.warning("%s; the task will be tried again", exc)
+                    self.writes.put(task)
+                except Exception:  # one bad task never stops the daemon
+                    log.exception("a write task failed")
+        finally:
+            self.waker.close()
+            self.replier.close()
+            self.db.conn.close()
+
+    def _published(self, written: list) -> None:
+        if written:
+            self.waker()
+
+    def _poll(self, name: str) -> None:
+        self._queued_polls.discard(name)
+        now = time.time()
+        due = engine.due_events(self.db, now)
+        if name not in due:
+            return
+        written = engine.poll(self.db, now, [name])
+        if written:
+            log.info("poll of %s: %d delta(s) written", name, len(written))
+        self._published(written)
+        for item in engine.waiting(self.db.conn):
+            log.warning("%s waits for its index: %s: %s", item["mailbox"], item["export"], item["why"])
+
+    def _snapshot(self, path: Path) -> None:
+        try:
+            result = engine.add_snapshot(self.db, path, time.time(), once=True)
+        except formats.FormatError as exc:
+            log.error("%s", exc)
+            return
+        if result is None:
+            return  # applied before, by us or by whoever saw it first
+        log.info("applied snapshot %s: %d entries in %d page(s)", path, result.entries, result.pages)
+        for file, reason in result.rejected:
+            log.error("rejected page %s: %s", file, reason)
+        for file, reason in result.warnings:
+            log.warning("%s: %s", file, reason)
+
+    def _directory(self) -> None:
+        path = self.settings.directory_file
+        if not path.exists():
+            return  # no directory sync yet: not an error
+        try:
+            if engine.add_directory_if_new(self.db, path, time.time()):
+                log.info("applied directory sync %s", path)
+        except formats.FormatError as exc:
+            log.error("%s", exc)
+
+    def _start(self, name: str, mailboxes: list[str], expand: bool) -> dict:
+        try:
+            written = engine.start_event(self.db, name, mailboxes, expand, time.time())
+        except engine.EngineError as exc:
+            log.error("event %s not started: %s", name, exc)
+            return {"op": "error", "reason": str(exc), "request": "start_event"}
+        log.info("event %s started for %s: reconcile wrote %d delta(s)", name, ", ".join(mailboxes), len(written))
+        self._published(written)
+        return {"op": "event_started", "event": name, "deltas": len(written)}
+
+    def _end(self, name: str) -> dict:
+        try:
+            engine.end_event(self.db, name, time.time())
+        except engine.EngineError as exc:
+            log.error("event %s not ended: %s", name, exc)
+            return {"op": "error", "reason": str(exc), "request": "end_event"}
+        log.info("event %s ending: watching for Exchange copies for %d s", name, self.settings.post_event_window)
+        return {"op": "event_ending", "event": name}
+
+    def _forward(self, request: protocol.Request, identity: bytes) -> None:
+        """A client's event request (already authorised by the server), or the owner's
+        command line, runs here, on the writer (an index on the indexer), and is
+        answered when done; the server's loop never waits for it."""
+        if isinstance(request, protocol.Admin):
+            if request.command == "index":
+                self.indexing.put(("admin", (request, identity)))
+            else:
+                self.writes.put(lambda: self.replier(identity, [self._admin(request)]))
+            return
+        if isinstance(request, protocol.StartEvent):
+            task = lambda: self._start(request.event, request.mailboxes, request.expand_distribution_lists)  # noqa: E731
+        else:
+            task = lambda: self._end(request.event)  # noqa: E731
+        self.writes.put(lambda: self.replier(identity, [task()]))
+
+    def _admin(self, request: protocol.Admin) -> dict:
+        """What the command line would have done on the store itself, as a result it prints."""
+        now = float(int(time.time()))
+        try:
+            if request.command == "snapshot_add":
+                result = engine.add_snapshot(self.db, Path(request.path), now)
+                self._published([1])
+                return {"op": "done", "result": dataclasses.asdict(result)}
+            if request.command == "directory_add":
+                parsed = engine.add_directory(self.db, Path(request.path), now)
+                return {"op": "done", "result": {"users": len(parsed.users), "groups": len(parsed.groups),
+                                                 "delegates": len(parsed.delegates)}}
+            if request.command == "sync":
+                written = engine.poll(self.db, now)
+                self._published(written)
+                return {"op": "done", "result": {"deltas": len(written)}}
+            if request.command == "event_start":
+                reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists)
+            else:
+                reply = self._end(request.event)
+            return {"op": "done", "result": reply} if reply["op"] != "error" else reply
+        except (formats.FormatError, engine.EngineError) as exc:
+            return {"op": "error", "reason": str(exc)}
+
+    # --- the indexer thread ----------------------------------------------------------------------
+
+    def _indexer(self) -> None:
+        db = store.connect(self.settings.db)
+        replier = self.server.replier()
+        try:
+            while True:
+                item = self.indexing.get()
+                if item is None:
+                    return
+                address, exports = item
+                try:
+                    if address == "admin":  # `syncengine index` while the daemon holds the store
+                        request, identity = exports
+                        replier(identity, [self._admin_index(db, request)])
+                    else:
+                        self._index(db, address, exports)
+                except Exception:  # one bad export never stops the daemon
+                    log.exception("indexing %s failed", address)
+        finally:
+            replier.close()
+            db.conn.close()
+
+    def _admin_index(self, db, request: protocol.Admin) -> dict:
+        reports: list[dict] = []
+        try:
+            summary = index.run(db, [Path(p) for p in request.paths], request.mailbox or "",
+                                on_file=lambda r: reports.append(r.as_json()))
+        except ValueError as exc:
+            return {"op": "error", "reason": f"--mailbox: {exc}"}
+        return {"op": "done", "result": {"reports": reports, **summary.as_json()}}
+
+    def _index(self, db, address: str, exports: list[Path]) -> None:
+        failed: list[Path] = []
+
+        def on_file(report: index.FileReport) -> None:
+            if report.changed and report.status == "ok":
+                log.info("indexed %d message(s) from %s", report.messages, report.path)
+            for error in report.errors:
+                log.error("%s: %s: %s", report.path, error.where if error.where != report.path else "file",
+                          error.reason)
+            if report.status == "error":
+                failed.append(Path(report.path))
+
+        summary = index.run(db, exports, address, on_file=on_file)
+        if summary.files - summary.unchanged:
+            log.info("index of %s: %d file(s) read, %d unchanged, %d removed, %.2f s", address,
+                     summary.files - summary.unchanged, summary.unchanged, summary.removed, summary.seconds)
+        for path in failed:  # held open or half-written: its last good index stands meanwhile
+            export = next((e for e in exports if path == e or e in path.parents), None)
+            if export is not None:
+                self.changes.retry(export)
