@@ -498,18 +498,8 @@ def _via_daemon(db: Path, request: dict) -> dict | None:
 
 def _daemon_holder(db: Path) -> str | None:
     """'pid N' of the daemon holding the store, or None."""
-    import fcntl
-    lock = Path(f"{db}.d") / "daemon.lock"
-    try:
-        handle = open(lock)
-    except OSError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return handle.read().strip() or "running"
-    return None
+    from . import locks
+    return locks.holder(Path(f"{db}.d") / "daemon.lock")
 
 
 @cli.command()
@@ -557,7 +547,6 @@ def daemon(config: Path, log_format: str, verbose: bool) -> None:
       1  the store, its sockets or its lock could not be had (another daemon runs)
       2  the config is invalid (the message names the key and the reason)
     """
-    import logging
     import signal
 
     from .daemon import run as run_mod

@@ -13,7 +13,6 @@ the ROUTER, a page at a time, at their own pace.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from . import endpoints as endpoints_mod
-from . import engine, files, normalise, protocol, store
+from . import engine, files, locks, normalise, protocol, store
 from .store import transaction
 
 log = logging.getLogger("syncengine.notify")
@@ -90,21 +89,10 @@ class Server:
 
     def _take_lock(self):
         """One engine per store: a second server must not silently take over the ipc path."""
-        folder = Path(str(self.db_path.absolute()) + ".d")
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handle = os.fdopen(os.open(folder / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise ServeError(f"{self.db_path}: already served by {holder}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        return handle
+            return locks.hold(Path(str(self.db_path.absolute()) + ".d") / "serve.lock")
+        except locks.Held as held:
+            raise ServeError(f"{self.db_path}: already served by {held}") from None
 
     def _bind(self) -> None:
         ctx = self.context

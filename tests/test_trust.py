@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from syncengine import endpoints, engine, store
 
-from .conftest import FIXTURES, json_lines, run_cli
+from .conftest import FIXTURES, run_cli
 from .processes import Proc, free_port_pair, serve
 from .test_notify import ALICE, BOB, CAROL, listen, write_deltas
 

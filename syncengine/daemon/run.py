@@ -15,7 +15,6 @@ State is only SQLite: a kill -9 at any moment, then a restart, resumes from the 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import queue
@@ -28,7 +27,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .. import engine, formats, index, normalise, notify, protocol, store
+from .. import engine, formats, index, locks, normalise, notify, protocol, store
 from ..store import transaction
 from .config import Settings
 
@@ -148,21 +147,10 @@ class Daemon:
 
     def _take_lock(self):
         """One daemon per store: a second one names the first one's pid and stops."""
-        folder = Path(f"{self.settings.db}.d")
-        from ..files import private_dir
-        private_dir(folder)
-        handle = os.fdopen(os.open(folder / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise DaemonError(f"{self.settings.db}: a daemon already runs on this store ({holder})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        return handle
+            return locks.hold(Path(f"{self.settings.db}.d") / "daemon.lock")
+        except locks.Held as held:
+            raise DaemonError(f"{self.settings.db}: a daemon already runs on this store ({held})") from None
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._writer, name="writer"),
