@@ -68,7 +68,8 @@ class _KeyAuthenticator(ThreadAuthenticator):
 
 class Server:
     def __init__(self, db_path: Path, endpoint: str | None = None, curve: Curve | None = None,
-                 context: zmq.Context | None = None, forward: Forward | None = None):
+                 context: zmq.Context | None = None, forward: Forward | None = None,
+                 check_seconds: float = CHECK_SECONDS):
         self.db_path = Path(db_path)
         self.endpoints = endpoints_mod.for_store(self.db_path, endpoint)
         if self.endpoints.is_tcp and curve is None:
@@ -83,6 +84,7 @@ class Server:
         self._wake_endpoint = f"inproc://syncengine-wake-{id(self)}"
         self._reply_endpoint = f"inproc://syncengine-replies-{id(self)}"
         self.forward = forward  # the daemon runs event requests on its writer, never on this loop
+        self.check_seconds = check_seconds
         self._bind()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ class Server:
                         self._log_refusal(recv_monitor_message(monitor))
                 now = time.monotonic()
                 if now >= next_check:
-                    next_check = now + CHECK_SECONDS
+                    next_check = now + self.check_seconds
                     if self._acks:  # the store was busy: try again, they are idempotent
                         self._commit_acks()
                     version = self._version()

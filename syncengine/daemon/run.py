@@ -35,6 +35,9 @@ log = logging.getLogger("syncengine.daemon")
 
 QUIET_SECONDS = 1.0   # a changed file is ready once unchanged this long (and it opens)
 RETRY_SECONDS = 30.0  # a file that would not open (Outlook holds it) is tried again after this
+# The writer wakes the server after each commit; the server's own look at the store is
+# only for commits by other processes (a CLI on a tcp daemon), so it can be rare.
+DAEMON_CHECK_SECONDS = 1.0
 
 
 class DaemonError(Exception):
@@ -74,8 +77,9 @@ class Changes:
             return list(self.paths)
 
     def mark(self, path: str) -> None:
+        pending = Pending(time.monotonic(), _stat(path))
         with self.lock:
-            self.paths[path] = Pending(time.monotonic())
+            self.paths[path] = pending
         self.kick.set()
 
     def ready(self, now: float) -> tuple[list[str], float | None]:
@@ -136,7 +140,7 @@ class Daemon:
         try:
             self.server = notify.Server(settings.db, settings.endpoint,
                                         notify.Curve(settings.keys) if settings.keys else None,
-                                        forward=self._forward)
+                                        forward=self._forward, check_seconds=DAEMON_CHECK_SECONDS)
         except notify.ServeError as exc:
             raise DaemonError(str(exc)) from None
         self.waker = None
