@@ -565,6 +565,102 @@ def daemon(config: Path, log_format: str, verbose: bool) -> None:
     running.run()
 
 
+@cli.group()
+def mimecast() -> None:
+    """Fetch snapshots and directory syncs from Mimecast's API."""
+
+
+def _mimecast(config: Path):
+    from .mimecast import api as api_mod
+    from .mimecast import config as config_mod
+    try:
+        settings = config_mod.load(config)
+    except config_mod.ConfigError as exc:
+        _fail(str(exc), 2)
+    return settings, api_mod.Api(settings)
+
+
+@mimecast.command("poll")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="A TOML file with a [mimecast] table (a daemon config will do).")
+@DB_OPTION
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+def mimecast_poll(config: Path, db: Path, once: bool) -> None:
+    """Fetch what Mimecast archived for each mailbox since the last pass.
+
+    Each pass lists the window's messages (the first pass looks back lookback_hours),
+    fetches detail and raw message for each one not fetched before, writes them as one
+    snapshot folder per mailbox into snapshot_folder (built under a dot-name and renamed,
+    so a watcher never sees half of one), and applies it to the store, as `snapshot add`
+    does. Without --once it passes every interval_s until SIGTERM or Ctrl-C, retrying
+    with backoff when the network fails.
+
+    \b
+    Exit codes:
+      0  the pass fetched everything it listed
+      1  the credentials were refused (401, 403, 418), or the network failed (--once)
+      2  the config is invalid
+      3  some messages could not be fetched; their entries were written without content
+    """
+    import logging
+    import signal
+
+    from .mimecast import api as api_mod
+    from .mimecast import poller
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    settings, api = _mimecast(config)
+    database = open_store(db)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    backoff = settings.interval_s
+    while True:
+        now = time.time()
+        try:
+            passes = poller.fetch(api, settings, database, now)
+            poller.apply(database, passes, now)
+        except api_mod.ApiError as exc:
+            if exc.fatal or once:
+                _fail(str(exc), EXIT_STORE)
+            backoff = min(backoff * 2, 3600)
+            click.echo(printable(f"warning: {exc}; trying again in {backoff} s"), err=True)
+        else:
+            backoff = settings.interval_s
+            missing = sum(len(p.without_content) for p in passes)
+            click.echo(f"pass: {sum(len(p.ids) for p in passes)} new message(s) for {len(passes)} mailbox(es), "
+                       f"{api.requests} request(s) so far" + (f", {missing} without content" if missing else ""))
+            if once:
+                sys.exit(EXIT_SOME_FAILED if missing else EXIT_OK)
+        try:
+            for _ in range(int(backoff * 10)):
+                if stopping:
+                    return
+                time.sleep(0.1)  # the pause between passes, cut short by SIGTERM
+        except KeyboardInterrupt:
+            return
+
+
+@mimecast.command("directory")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="A TOML file with a [mimecast] table.")
+@DB_OPTION
+def mimecast_directory(config: Path, db: Path) -> None:
+    """Fetch the configured groups' members (nested groups followed) into directory_file,
+    written atomically in the directory format, and apply it as a directory sync."""
+    from .mimecast import api as api_mod
+    from .mimecast import poller
+
+    settings, api = _mimecast(config)
+    now = time.time()
+    try:
+        data = poller.directory(api, settings, now)
+    except api_mod.ApiError as exc:
+        _fail(str(exc), EXIT_STORE)
+    poller.write_directory(data, settings.directory_file)
+    applied = engine.add_directory_if_new(open_store(db), settings.directory_file, now)
+    click.echo(f"{settings.directory_file}: {len(data['groups'])} group(s)" + ("" if applied else " (unchanged)"))
+
+
 ENDPOINT_OPTION = click.option(
     "--endpoint", help="ROUTER endpoint (the PUB is beside it: ipc PATH.pub, or tcp PORT+1). "
                        "Default: ipc sockets in the store's folder. tcp:// needs CURVE keys.")
