@@ -187,3 +187,33 @@ def test_sigterm_stops_the_daemon_cleanly_with_everything_committed(tmp_path):
     assert db.execute("SELECT count(*) FROM deltas").fetchone()[0] == 1
     assert not os.path.exists(tmp_path / "store.db.d" / "run" / "router.ipc") or \
         run_cli("status", "--db", str(tmp_path / "store.db"), check=True).stdout.endswith("daemon: not running\n")
+
+
+def test_daemon_polls_mimecast_on_its_own_and_the_client_receives_what_the_api_served(tmp_path):
+    from . import mimecast_contract as contract_mod
+
+    raw = (f"Message-ID: <api-1@mail.example>\r\nDate: Sat, 28 Nov 2026 08:59:02 +0000\r\nTo: {ALICE}\r\n"
+           "Subject: From the archive\r\n\r\nBody\r\n").encode()
+    contract = contract_mod.Contract(messages=[contract_mod.Message("arch/1", ALICE, raw,
+                                                                    message_id="<api-1@mail.example>")])
+    server, url = contract_mod.serve(contract)
+    config = _config(tmp_path)
+    (tmp_path / "secret").write_text(contract_mod.CLIENT_SECRET)
+    os.chmod(tmp_path / "secret", 0o600)
+    with open(config, "a") as handle:
+        handle.write(f'[mimecast]\nbase_url = "{url}"\nauth = "oauth2"\nclient_id = "{contract_mod.CLIENT_ID}"\n'
+                     f'client_secret_file = "secret"\nmailboxes = ["{ALICE}"]\ninterval_s = 1\n')
+    daemon = _daemon(config)
+    listener = Proc("listen", "--db", str(tmp_path / "store.db"), "--mailbox", ALICE, "--json")
+    try:
+        run_cli("event", "start", "ev1", "--mailbox", ALICE, "--db", str(tmp_path / "store.db"), check=True)
+        listener.wait_for(lambda p: len(p.deltas()) >= 1, what="the delivery of the archived message")
+        delivery = listener.deltas()[0]
+        assert delivery["message_id"] == "<api-1@mail.example>" and Path(delivery["content"]).read_bytes() == raw
+        assert contract.calls["/api/archive/get-message-part"] == 1  # fetched once, whoever applied it
+        (folder,) = [p for p in (tmp_path / "snapshots").iterdir() if not p.name.startswith(".")]
+        assert json.loads((folder / "snapshot.json").read_text())["data"][0]["id"] == "arch/1"
+    finally:
+        listener.stop()
+        assert daemon.stop() == 0
+        server.shutdown()

@@ -65,6 +65,7 @@ class Settings:
     endpoint: str | None               # None: the store's default ipc sockets
     keys: Path | None
     events: list[EventConfig]
+    mimecast: Any = None               # mimecast.config.Mimecast when [mimecast] is present
 
     def engine_settings(self) -> formats.Settings:
         return formats.Settings(self.poll_interval, self.post_event_window, self.calendar_items)
@@ -87,9 +88,14 @@ def load(path: Path) -> Settings:
     def place(value: str) -> Path:
         return (base / Path(value).expanduser()).absolute()
 
-    if config.mimecast is not None:
-        raise ConfigError(f"{path}: [mimecast]: the Mimecast poller is not part of this version; "
-                          "drop snapshots into snapshot_folder instead")
+    mimecast = None
+    if config.mimecast is not None:  # the poller writes where the daemon watches, unless told otherwise
+        from ..mimecast import config as mimecast_config
+        try:
+            mimecast = mimecast_config.section(config.mimecast, path, {
+                "snapshot_folder": place(config.snapshot_folder), "directory_file": place(config.directory_file)})
+        except mimecast_config.ConfigError as exc:
+            raise ConfigError(str(exc)) from None
     mailboxes: dict[str, list[Path]] = {}
     for number, box in enumerate(config.mailbox):
         try:
@@ -111,7 +117,7 @@ def load(path: Path) -> Settings:
         raise ConfigError(f"{path}: $.notify.keys: a tcp endpoint needs CURVE keys (syncengine keys generate DIR)")
     return Settings(path.absolute(), place(config.db), place(config.snapshot_folder), place(config.directory_file),
                     config.poll_interval, config.post_event_window, config.calendar_items, config.rescan_interval,
-                    mailboxes, endpoint, keys, config.event)
+                    mailboxes, endpoint, keys, config.event, mimecast)
 
 
 STARTER = '''\

@@ -160,6 +160,8 @@ class Daemon:
         threads = [threading.Thread(target=self._writer, name="writer"),
                    threading.Thread(target=self._indexer, name="indexer", daemon=True),
                    threading.Thread(target=self.server.serve_forever, name="notify")]
+        if self.settings.mimecast is not None:
+            threads.append(threading.Thread(target=self._mimecast, name="mimecast", daemon=True))
         for thread in threads:
             thread.start()
         observer = self._watch()
@@ -417,6 +419,53 @@ class Daemon:
             return {"op": "done", "result": reply} if reply["op"] != "error" else reply
         except (formats.FormatError, engine.EngineError) as exc:
             return {"op": "error", "reason": str(exc)}
+
+    # --- the Mimecast poller thread -------------------------------------------------------------
+
+    def _mimecast(self) -> None:
+        """Fetch on the poller's own schedule (interval_s); the apply runs on the writer.
+        Credentials refused stop the poller, not the daemon; a network fault backs off."""
+        from ..mimecast import api as api_mod
+        from ..mimecast import poller
+
+        settings = self.settings.mimecast
+        api = api_mod.Api(settings)
+        read = store.connect(self.settings.db)
+        wait, next_directory = settings.interval_s, 0.0
+        try:
+            while not self.stop.is_set():
+                now = time.time()
+                try:
+                    if settings.groups and time.monotonic() >= next_directory:
+                        next_directory = time.monotonic() + self.settings.rescan_interval
+                        poller.write_directory(poller.directory(api, settings, now), settings.directory_file)
+                        self.writes.put(self._directory)
+                    passes = poller.fetch(api, settings, read, now)
+                    applied = threading.Event()  # the next pass reads what this one recorded
+                    self.writes.put(lambda p=passes, t=now, e=applied: self._apply_pass(p, t, e))
+                    while not applied.wait(0.5) and not self.stop.is_set():
+                        pass
+                    wait = settings.interval_s
+                except api_mod.ApiError as exc:
+                    if exc.fatal:
+                        log.error("Mimecast poller stopped: %s", exc)
+                        return
+                    wait = min(wait * 2, 3600)
+                    log.warning("Mimecast: %s; trying again in %d s", exc, wait)
+                self.stop.wait(wait)
+        finally:
+            api.close()
+            read.conn.close()
+
+    def _apply_pass(self, passes: list, now: float, applied: threading.Event) -> None:
+        from ..mimecast import poller
+        try:
+            poller.apply(self.db, passes, now)
+        finally:
+            applied.set()
+        for result in passes:
+            if result.folder is not None:
+                log.info("Mimecast: %d new message(s) for %s", len(result.ids), result.mailbox)
 
     # --- the indexer thread ----------------------------------------------------------------------
 
