@@ -177,7 +177,7 @@ def printable(text: str) -> str:
 
 
 def _now() -> float:
-    return float(int(time.time()))
+    return engine.wall_clock()
 
 
 def _fail(message: str, code: int = EXIT_REFUSED):
@@ -615,7 +615,7 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     backoff = settings.interval_s
     while True:
-        now = time.time()
+        now = engine.wall_clock()
         try:
             passes = poller.fetch(api, settings, database, now)
             poller.apply(database, passes, now)
@@ -651,7 +651,7 @@ def mimecast_directory(config: Path, db: Path) -> None:
     from .mimecast import poller
 
     settings, api = _mimecast(config)
-    now = time.time()
+    now = engine.wall_clock()
     try:
         data = poller.directory(api, settings, now)
     except api_mod.ApiError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +26,12 @@ from .store import transaction
 
 class EngineError(Exception):
     """A request the engine refuses; the text says why."""
+
+
+def wall_clock() -> float:
+    """The engine's clock outside replay, in whole seconds, the same for every process and
+    thread that writes to a store: an entry added at t is visible to an event started at t."""
+    return float(int(time.time()))
 
 
 def store_dir(db: sqlite_utils.Database) -> Path:

@@ -441,7 +441,7 @@ class Server:
     def _event(self, request: protocol.StartEvent | protocol.EndEvent, user: str | None,
                identity: bytes) -> list[dict]:
         _, address = self._client(request.client, user)
-        now = float(int(time.time()))
+        now = engine.wall_clock()
         try:
             covered = request.mailboxes if isinstance(request, protocol.StartEvent) else \
                 engine.event_mailboxes(self.db.conn, request.event)

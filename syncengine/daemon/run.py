@@ -211,7 +211,7 @@ class Daemon:
                 ready, quiet_at = self.changes.ready(monotonic)
                 if ready:
                     self._changed(ready)
-                now = time.time()
+                now = engine.wall_clock()
                 self._scheduled_events(read, now)
                 upcoming = [next_rescan - monotonic]
                 for event in engine.open_events(read.conn):
@@ -326,7 +326,7 @@ class Daemon:
 
     def _poll(self, name: str) -> None:
         self._queued_polls.discard(name)
-        now = time.time()
+        now = engine.wall_clock()
         due = engine.due_events(self.db, now)
         if name not in due:
             return
@@ -339,7 +339,7 @@ class Daemon:
 
     def _snapshot(self, path: Path) -> None:
         try:
-            result = engine.add_snapshot(self.db, path, time.time(), once=True)
+            result = engine.add_snapshot(self.db, path, engine.wall_clock(), once=True)
         except formats.FormatError as exc:
             log.error("%s", exc)
             return
@@ -356,14 +356,14 @@ class Daemon:
         if not path.exists():
             return  # no directory sync yet: not an error
         try:
-            if engine.add_directory_if_new(self.db, path, time.time()):
+            if engine.add_directory_if_new(self.db, path, engine.wall_clock()):
                 log.info("applied directory sync %s", path)
         except formats.FormatError as exc:
             log.error("%s", exc)
 
     def _start(self, name: str, mailboxes: list[str], expand: bool) -> dict:
         try:
-            written = engine.start_event(self.db, name, mailboxes, expand, time.time())
+            written = engine.start_event(self.db, name, mailboxes, expand, engine.wall_clock())
         except engine.EngineError as exc:
             log.error("event %s not started: %s", name, exc)
             return {"op": "error", "reason": str(exc), "request": "start_event"}
@@ -373,7 +373,7 @@ class Daemon:
 
     def _end(self, name: str) -> dict:
         try:
-            engine.end_event(self.db, name, time.time())
+            engine.end_event(self.db, name, engine.wall_clock())
         except engine.EngineError as exc:
             log.error("event %s not ended: %s", name, exc)
             return {"op": "error", "reason": str(exc), "request": "end_event"}
@@ -398,7 +398,7 @@ class Daemon:
 
     def _admin(self, request: protocol.Admin) -> dict:
         """What the command line would have done on the store itself, as a result it prints."""
-        now = float(int(time.time()))
+        now = engine.wall_clock()
         try:
             if request.command == "snapshot_add":
                 result = engine.add_snapshot(self.db, Path(request.path), now)
@@ -434,7 +434,7 @@ class Daemon:
         wait, next_directory = settings.interval_s, 0.0
         try:
             while not self.stop.is_set():
-                now = time.time()
+                now = engine.wall_clock()
                 try:
                     if settings.groups and time.monotonic() >= next_directory:
                         next_directory = time.monotonic() + self.settings.rescan_interval
