@@ -231,7 +231,7 @@ def test_c19_a_store_of_a_newer_schema_is_refused_naming_the_versions(tmp_path):
     db = tmp_path / "store.db"
     store.connect(db).execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)")
     result = run_cli("status", "--db", str(db))
-    assert result.returncode == 1 and "schema version 99" in result.stderr and "up to 5" in result.stderr
+    assert result.returncode == 1 and "schema version 99" in result.stderr and f"up to {max(v for v, _, _ in store.migrations())}" in result.stderr
 
 
 def test_c19_read_only_commands_do_not_create_a_store_and_empty_names_are_refused(tmp_path):
