@@ -128,8 +128,10 @@ class Client:
                         handed = True
                         yield delta
             if self._sub in ready:
+                self._heard = time.monotonic()  # once per batch: this loop is the live hot path
                 for name, body in drain(self._sub):
-                    for delta in self._on_feed(name, body):
+                    delta = self._on_feed(name, body)
+                    if delta is not None:
                         handed = True
                         yield delta
             now = time.monotonic()
@@ -143,25 +145,28 @@ class Client:
             if timeout is not None and now - idle_since > timeout:
                 return
 
-    def _accept(self, delta: dict, caught_up: bool = False) -> Iterator[dict]:
+    def _accept(self, delta: dict, caught_up: bool = False) -> dict | None:
         """Hand over `delta` if it is the next one. A catch-up reply is contiguous from
         where the server started (the `since` we sent, or our last ack), so it may set
         the base; a live delta must follow the last one handed over, or it is a gap."""
         mailbox, seq = delta["mailbox"], delta["mailbox_seq"]
         if mailbox not in self.last or seq <= self.last[mailbox]:
-            return  # already handed over
+            return None  # already handed over
         if seq == self.last[mailbox] + 1 or caught_up:
             self.last[mailbox] = seq
             self._fetched += caught_up
-            yield delta
-        elif not self._catching_up:
+            return delta
+        if not self._catching_up:
             log.info("gap in %s: %d after %d; saying hello again", mailbox, seq, self.last[mailbox])
             self._hello()
+        return None
 
     def _on_reply(self, reply: dict) -> Iterator[dict]:
         op = reply.get("op")
         if op is None:  # a catch-up delta
-            yield from self._accept(reply, caught_up=True)
+            delta = self._accept(reply, caught_up=True)
+            if delta is not None:
+                yield delta
         elif op == "caught_up":
             self._catching_up = False
             for mailbox, seq in reply["mailboxes"].items():  # where the server started, when it sent none
@@ -176,16 +181,16 @@ class Client:
         elif op == "error":
             raise ClientError(reply.get("reason", "refused"))
 
-    def _on_feed(self, name: bytes, body: bytes) -> Iterator[dict]:
-        self._heard = time.monotonic()
+    def _on_feed(self, name: bytes, body: bytes) -> dict | None:
+        if name[0] == 0x64:  # "delta.": the hot path, checked first
+            if self._catching_up:
+                return None  # not even decoded: the catch-up repeats until it brings nothing new
+            return self._accept(_DECODE(body))
         if name == b"heartbeat" or name.startswith(b"beat."):
             beat = _DECODE(body)
             if not self._catching_up and any(beat["mailboxes"].get(m, 0) > self.last[m] for m in self.mailboxes):
                 self._hello()  # the last delta before a quiet spell was lost
-            return
-        if self._catching_up:
-            return  # not even decoded: the catch-up repeats until it brings nothing new
-        yield from self._accept(_DECODE(body))
+        return None
 
     # --- requests -----------------------------------------------------------------------------
 

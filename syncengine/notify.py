@@ -85,6 +85,7 @@ class Server:
         self._reply_endpoint = f"inproc://syncengine-replies-{id(self)}"
         self.forward = forward  # the daemon runs event requests on its writer, never on this loop
         self.check_seconds = check_seconds
+        self._topics: dict[str, bytes] = {}  # topic bytes per mailbox, built once
         self._bind()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -224,8 +225,13 @@ class Server:
             rows = engine.delta_lines(self.db, self.published, limit=5000)
             if not rows:
                 return sent
+            send, more, topics = self.pub.send, zmq.SNDMORE, self._topics
             for mailbox, mailbox_seq, body in rows:
-                self.pub.send_multipart([topic(mailbox), body])
+                name = topics.get(mailbox)
+                if name is None:
+                    name = topics[mailbox] = topic(mailbox)
+                send(name, more)
+                send(body)
                 self.latest[mailbox] = mailbox_seq
             self.published += len(rows)  # seq is gap-free
             sent += len(rows)
