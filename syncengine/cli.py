@@ -763,6 +763,100 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
         listener.close()
 
 
+@cli.command("apply")
+@click.option("--mailbox", required=True, help="The mailbox whose deltas are applied.")
+@click.option("--mailbox-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The mailbox as a folder tree (also configured as its export, so the index reads it back).")
+@click.option("--layout", type=click.Choice(["eml", "maildir"]), default="eml", show_default=True,
+              help="eml: a folder per mailbox folder (what `index` reads); maildir: Maildir++.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+              help="Follow this store's notification server (ipc), as `listen --db` does.")
+@ENDPOINT_OPTION
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="For tcp: the folder `keys generate` made (clients/ADDRESS.key_secret and server.key).")
+@click.option("--smtp", help="HOST:PORT of the relay that sends Outbox items (send deltas).")
+@click.option("--starttls", is_flag=True, help="Upgrade the SMTP connection with STARTTLS.")
+@click.option("--ssl", "use_ssl", is_flag=True, help="SMTP over TLS from the start (port 465).")
+@click.option("--smtp-user", help="SMTP login.")
+@click.option("--smtp-password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The SMTP password, in an owner-only file.")
+@click.option("--once", is_flag=True, help="Apply what is pending, then exit (after 2 s with nothing new).")
+@click.option("--verbose", "-v", is_flag=True, help="Log each delta as it is applied.")
+def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None, endpoint: str | None,
+                  keys_dir: Path | None, smtp: str | None, starttls: bool, use_ssl: bool, smtp_user: str | None,
+                  smtp_password_file: Path | None, once: bool, verbose: bool) -> None:
+    """Apply MAILBOX's deltas to a mailbox folder: the reference plugin client.
+
+    deliver writes the stored message into Inbox with the header
+    X-Syncengine-Delivery: EVENT/SEQ (so the index recognises it, C12); purge removes the
+    named file if it still holds the delta's Message-ID; send submits the Outbox item over
+    SMTP and moves it to Sent Items; defer is logged. Each delta is acknowledged only once
+    its effect is durable, and a journal in the folder (a dot-file) makes a restart
+    re-apply nothing. Content the engine's files do not give (another machine) is fetched
+    over the protocol; a delivery with no content at all is reported as unfetchable.
+
+    \b
+    Examples:
+      syncengine apply --mailbox alice@acme.example --mailbox-dir ~/Mail/alice --db alice.db
+      syncengine apply --mailbox alice@acme.example --mailbox-dir ~/Maildir --layout maildir \\
+          --db alice.db --smtp smtp.acme.example:587 --starttls --smtp-user alice --smtp-password-file ~/.smtp
+    """
+    import logging
+    import signal
+    import threading
+
+    from . import client as client_mod
+    from . import endpoints as endpoints_mod
+    from .apply import client as apply_mod
+    from .apply.mailbox import Layout, Smtp
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        mailbox = normalise.mailbox(mailbox)
+    except ValueError as exc:
+        _fail(f"--mailbox: {exc}", 2)
+    if (db is None) == (endpoint is None):
+        _fail("follow a store (--db STORE) or an engine elsewhere (--endpoint URL --keys DIR)", 2)
+    try:
+        where = endpoints_mod.for_store(db, None) if db is not None else endpoints_mod.for_store(Path("."), endpoint)
+        curve = None
+        if where.is_tcp:
+            if keys_dir is None:
+                _fail("a tcp endpoint needs --keys DIR", 2)
+            public, secret = endpoints_mod.load_secret(keys_dir / "clients" / f"{mailbox}.key_secret")
+            curve = (endpoints_mod.load_public(keys_dir / "server.key"), public, secret)
+    except endpoints_mod.EndpointError as exc:
+        _fail(str(exc), 2)
+    relay = None
+    if smtp:
+        host, _, port = smtp.rpartition(":")
+        if not host or not port.isdigit():
+            _fail(f"--smtp: expected HOST:PORT, got {smtp!r}", 2)
+        password = None
+        if smtp_password_file is not None:
+            info = smtp_password_file.stat() if smtp_password_file.exists() else None
+            if info is None or info.st_mode & 0o077:
+                _fail(f"--smtp-password-file {smtp_password_file}: missing, or readable by others (chmod 600)", 2)
+            password = smtp_password_file.read_text().strip()
+        relay = Smtp(host, int(port), "ssl" if use_ssl else "starttls" if starttls else "none", smtp_user, password)
+    listener = client_mod.Client(where, f"{mailbox}/apply", [mailbox], curve=curve)
+    applier = apply_mod.Applier(Layout(mailbox_dir, layout == "maildir"), relay,
+                                lambda d: listener.fetch_content(d["mailbox"], d["mailbox_seq"]))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: the report, then exit
+    try:
+        report = apply_mod.run(applier, listener, mailbox, stop, idle=2.0 if once else None)
+    except client_mod.ClientError as exc:
+        _fail(f"refused by the server: {exc}")
+    except KeyboardInterrupt:
+        report = applier.report
+    finally:
+        listener.close()
+        applier.close()
+    for line in report.lines():
+        click.echo(printable(line))
+
+
 @cli.group()
 def keys() -> None:
     """CURVE keys for tcp endpoints."""

@@ -194,6 +194,22 @@ class Client:
 
     # --- requests -----------------------------------------------------------------------------
 
+    def fetch_content(self, mailbox: str, mailbox_seq: int, timeout: float = 30.0) -> bytes | None:
+        """The bytes a deliver or send delta names, over the protocol (`content`), for a
+        client that cannot read the engine's files; None when the engine has none."""
+        dealer = self._socket(zmq.DEALER)
+        try:
+            dealer.connect(self.endpoints.router)
+            dealer.send(json.dumps({"op": "content", "client": self.client, "mailbox": mailbox,
+                                    "mailbox_seq": mailbox_seq}).encode())
+            if not dealer.poll(int(timeout * 1000)):
+                return None
+            frames = dealer.recv_multipart()
+            header = _DECODE(frames[0])
+            return frames[1] if header.get("op") == "content" and len(frames) == 2 else None
+        finally:
+            dealer.close(linger=0)
+
     def ack(self, mailbox: str, mailbox_seq: int) -> None:
         """Acknowledge a delta as applied; the server makes it durable and answers `acked`."""
         self._send({"op": "ack", "client": self.client, "mailbox": mailbox, "mailbox_seq": mailbox_seq})

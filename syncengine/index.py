@@ -123,7 +123,11 @@ def discover(paths: Iterable[Path]) -> tuple[list[Task], list[Export]]:
         path = Path(given).absolute()
         export = Export(path)
         exports.append(export)
-        if path.is_dir():
+        if path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir():
+            for file, folder in sorted(_walk_maildir(path)):
+                tasks.append(Task(file, path, "eml", text(file.relative_to(path).as_posix()), folder,
+                                  folders.tree_role(folder)))
+        elif path.is_dir():
             for file in sorted(_walk(path)):
                 kind = TREE_SUFFIXES[file.suffix.lower()]
                 rel = file.relative_to(path)
@@ -159,6 +163,24 @@ def _walk(root: Path) -> Iterator[Path]:
                 stack.append(Path(entry.path))
             elif entry.is_file(follow_symlinks=False) and Path(entry.name).suffix.lower() in TREE_SUFFIXES:
                 yield Path(entry.path)
+
+
+def _walk_maildir(root: Path) -> Iterator[tuple[Path, str]]:
+    """Maildir++ (as mutt, aerc and notmuch keep it): the root is the Inbox, `.Sent Items`
+    and `.Projects.Q4` are folders; messages are the regular files in `new/` and `cur/`."""
+    boxes = [(root, "Inbox")]
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False) and (Path(entry.path) / "cur").is_dir():
+            boxes.append((Path(entry.path), text(entry.name[1:].replace(".", "/"))))
+    for box, folder in boxes:
+        for sub in ("new", "cur"):
+            try:
+                entries = list(os.scandir(box / sub))
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path), folder
 
 
 def _problem(path: Path, reason: str) -> FileReport:

@@ -1,0 +1,180 @@
+"""The apply loop: each delta of one mailbox, in order, carried out once.
+
+A small journal (SQLite, a dot-file in the mailbox folder, which the index passes over)
+records each delta applied, in the transaction that makes it so, after its effect is
+durable; only then is the delta acknowledged. A restart re-applies nothing. A send that
+was in flight when the client died (the relay may or may not have it) is sent again with
+identical bytes, so receiving servers that dedupe by Message-ID see one message; the
+report counts it as resent-in-doubt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import sqlite3
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import files
+from .mailbox import ApplyError, Layout, Retry, Smtp
+
+log = logging.getLogger("syncengine.apply")
+
+JOURNAL = ".syncengine-apply.db"
+
+
+@dataclass
+class Report:
+    counts: Counter = field(default_factory=Counter)
+    unfetchable: list[tuple[str | None, str | None]] = field(default_factory=list)  # (Message-ID, subject)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "nothing to apply"]
+        out += [f"unfetchable: {mid or '(no Message-ID)'} {subject or ''}".rstrip() for mid, subject in self.unfetchable]
+        return out + self.problems
+
+
+class Journal:
+    def __init__(self, root: Path):
+        files.private_dir(root)
+        self.conn = sqlite3.connect(root / JOURNAL, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")  # an applied delta stays applied after a power loss
+        self.conn.execute("CREATE TABLE IF NOT EXISTS applied (mailbox TEXT, mailbox_seq INTEGER, action TEXT,"
+                          " outcome TEXT, PRIMARY KEY (mailbox, mailbox_seq)) WITHOUT ROWID")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS sending (mailbox TEXT, mailbox_seq INTEGER,"
+                          " PRIMARY KEY (mailbox, mailbox_seq)) WITHOUT ROWID")
+        os.chmod(root / JOURNAL, 0o600)
+
+    def done(self, mailbox: str, seq: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM applied WHERE mailbox = ? AND mailbox_seq = ?",
+                                 (mailbox, seq)).fetchone() is not None
+
+    def record(self, delta: dict, outcome: str) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("INSERT OR IGNORE INTO applied VALUES (?, ?, ?, ?)",
+                          (delta["mailbox"], delta["mailbox_seq"], delta["action"], outcome))
+        self.conn.execute("DELETE FROM sending WHERE mailbox = ? AND mailbox_seq = ?",
+                          (delta["mailbox"], delta["mailbox_seq"]))
+        self.conn.execute("COMMIT")
+
+    def in_doubt(self, delta: dict) -> bool:
+        """Mark a send as in flight; True when it already was (the client died mid-send)."""
+        key = (delta["mailbox"], delta["mailbox_seq"])
+        if self.conn.execute("SELECT 1 FROM sending WHERE mailbox = ? AND mailbox_seq = ?", key).fetchone():
+            return True
+        self.conn.execute("INSERT INTO sending VALUES (?, ?)", key)
+        return False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Applier:
+    def __init__(self, layout: Layout, smtp: Smtp | None, fetch, report: Report | None = None):
+        self.layout = layout
+        self.smtp = smtp
+        self.fetch = fetch  # (delta) -> bytes | None: the content over the protocol
+        self.journal = Journal(layout.root)
+        self.report = report or Report()
+
+    def apply(self, delta: dict) -> str | None:
+        """Carry out one delta; its outcome, or None when it was applied before."""
+        if self.journal.done(delta["mailbox"], delta["mailbox_seq"]):
+            return None
+        try:
+            outcome = getattr(self, "_" + delta["action"])(delta)
+        except ApplyError as exc:
+            outcome = "failed"
+            self.report.problems.append(f"#{delta['mailbox_seq']} {delta['action']}: {exc}")
+            log.error("delta %d (%s) not applied: %s", delta["mailbox_seq"], delta["action"], exc)
+        self.journal.record(delta, outcome)
+        self.report.counts[outcome] += 1
+        log.info("applied #%d %s: %s", delta["mailbox_seq"], delta["action"], outcome)
+        return outcome
+
+    def _deliver(self, delta: dict) -> str:
+        raw = self._content(delta)
+        if raw is None:
+            self.report.unfetchable.append((delta.get("message_id"), delta.get("subject")))
+            return "unfetchable"
+        self.layout.deliver(raw, delta["event"], delta["seq"], delta["mailbox"])
+        return "delivered"
+
+    def _content(self, delta: dict) -> bytes | None:
+        if delta.get("content") is None:
+            return None
+        try:
+            return files.read_regular(Path(delta["content"]))
+        except OSError:
+            return self.fetch(delta)  # another machine: the engine's files are not ours to read
+
+    def _purge(self, delta: dict) -> str:
+        outcome = self.layout.purge(_locator(delta), delta.get("message_id"))
+        if outcome == "mismatch":
+            self.report.problems.append(f"#{delta['mailbox_seq']} purge of {_locator(delta)}: the file no longer "
+                                        f"holds {delta.get('message_id')}; nothing removed")
+        return outcome
+
+    def _send(self, delta: dict) -> str:
+        if self.smtp is None:
+            raise ApplyError("no --smtp relay configured; the Outbox item stays")
+        path = self.layout.local(_locator(delta))
+        if not path.exists():
+            raise ApplyError(f"{_locator(delta)} is no longer in the Outbox")
+        if path.suffix.lower() == ".msg":
+            raise ApplyError("an Outbox item saved as .msg has no RFC 822 bytes to send")
+        raw = path.read_bytes()
+        doubtful = self.journal.in_doubt(delta)
+        try:
+            self.smtp.send(raw)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+            raise ApplyError(f"SMTP refused it: {exc}") from None
+        except (OSError, smtplib.SMTPException) as exc:  # the relay is away: try again, in order
+            raise Retry(f"SMTP: {type(exc).__name__}: {exc}") from None
+        self.layout.move_to_sent(path)
+        if doubtful:
+            self.report.counts["resent-in-doubt"] += 1
+        return "sent"
+
+    def _defer(self, delta: dict) -> str:
+        log.info("deferred: %s (%s)", delta.get("message_id") or delta.get("subject"), delta.get("reason"))
+        return "deferred"
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def run(applier: Applier, listener, mailbox: str, stop: threading.Event, idle: float | None = None) -> Report:
+    """Apply each delta of `mailbox` as it arrives, acknowledging it once durable; with
+    `idle`, return after that many seconds with nothing new (apply what is pending)."""
+    for delta in listener.deltas(timeout=idle):
+        if delta["mailbox"] != mailbox:
+            continue
+        wait = 1.0
+        while True:
+            try:
+                applier.apply(delta)
+                break
+            except Retry as exc:  # in order: nothing after it is applied before it
+                log.warning("%s; trying delta %d again in %.0f s", exc, delta["mailbox_seq"], wait)
+                if stop.wait(wait):
+                    return applier.report
+                wait = min(wait * 2, 60.0)
+        listener.ack(delta["mailbox"], delta["mailbox_seq"])
+        if stop.is_set():
+            break
+    return applier.report
+
+
+def _locator(delta: dict) -> str:
+    source = delta.get("source") or ""
+    if not source.startswith("local:"):
+        raise ApplyError(f"source {source!r} is not a local file")
+    return source[len("local:"):]
+
