@@ -176,6 +176,7 @@ class Client:
                 self._hello()
         elif op == "acked":
             self.acked[reply["mailbox"]] = max(self.acked.get(reply["mailbox"], 0), reply["mailbox_seq"])
+            log.info("acked %s %d (durable)", reply["mailbox"], reply["mailbox_seq"])
         elif op == "error" and reply.get("request") == "ack":
             log.warning("an ack was refused (%s); the next ack covers it", reply.get("reason"))
         elif op == "error":

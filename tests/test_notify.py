@@ -42,7 +42,7 @@ def write_deltas(db_path: Path, mailbox: str, count: int, event: str, start: int
 
 
 def listen(db: Path, mailbox: str, *extra: str) -> Proc:
-    return Proc("listen", "--db", str(db), "--mailbox", mailbox, "--json", "--ack", *extra)
+    return Proc("listen", "--db", str(db), "--mailbox", mailbox, "--json", "--ack", "-v", *extra)
 
 
 @pytest.fixture
@@ -56,21 +56,26 @@ def test_n1_three_clients_and_one_killed_mid_stream_gets_exactly_what_it_had_not
     server = serve(db)
     clients = {mailbox: listen(db, mailbox) for mailbox in (ALICE, BOB, CAROL)}
     try:
-        for mailbox in clients:
+        write_deltas(db, ALICE, 300, f"ev-{ALICE}")  # the rest comes after the kill: it is mid-stream
+        for mailbox in (BOB, CAROL):
             write_deltas(db, mailbox, 1500, f"ev-{mailbox}")
         alice = clients[ALICE]
-        alice.wait_for(lambda p: len(p.out) >= 100, what="100 deltas")
+        alice.wait_for(lambda p: len(p.out) >= 100 and any("(durable)" in e for e in p.err),
+                       what="100 deltas and an ack the server made durable")
         alice.kill()
         first = alice.deltas()
-        # The restarted client does not ack, so the ack in force when it said hello is
-        # the one in the store once it has everything.
+        write_deltas(db, ALICE, 1200, f"ev-{ALICE}", start=300)
+        # The restarted client does not ack, so it starts after the ack in force when it said
+        # hello: at most the last ack the killed one sent (acks in flight may land after).
         again = Proc("listen", "--db", str(db), "--mailbox", ALICE, "--json")
         again.wait_for(lambda p: p.out and json.loads(p.out[-1])["mailbox_seq"] == 1500, what="the last delta")
         acked = store.connect(db).execute("SELECT mailbox_seq FROM client_acks WHERE client = ?",
                                           (ALICE,)).fetchone()[0]
         second = again.deltas()
         assert 0 < acked <= max(d["mailbox_seq"] for d in first)
-        assert [d["mailbox_seq"] for d in second] == list(range(acked + 1, 1501))  # exactly, once, in order
+        start = second[0]["mailbox_seq"]
+        assert [d["mailbox_seq"] for d in second] == list(range(start, 1501))  # exactly, once, in order
+        assert 1 < start <= acked + 1
         assert {d["mailbox_seq"] for d in first} | {d["mailbox_seq"] for d in second} == set(range(1, 1501))
         for mailbox in (BOB, CAROL):
             clients[mailbox].wait_for(lambda p: len(p.out) >= 1500, what=f"all deltas of {mailbox}")
