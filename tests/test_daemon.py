@@ -217,3 +217,20 @@ def test_daemon_polls_mimecast_on_its_own_and_the_client_receives_what_the_api_s
         listener.stop()
         assert daemon.stop() == 0
         server.shutdown()
+
+
+def test_events_of_the_config_schedule_start_and_end_at_their_times(tmp_path):
+    config = _config(tmp_path)
+    with open(config, "a") as handle:
+        handle.write('[[event]]\nname = "planned"\nmailboxes = ["alice@acme.example"]\n'
+                     'start = "2020-01-01T09:00:00Z"\nend = "2020-01-01T17:00:00Z"\n')
+    daemon = _daemon(config, indexed=False)
+    try:
+        daemon.wait_for(_logged("event planned started"), what="the scheduled start")
+        daemon.wait_for(_logged("event planned ending"), what="the scheduled end")
+        daemon.stop()
+        daemon = _daemon(config, indexed=False)  # a restart neither starts nor ends it again
+        daemon.wait_for(_logged("index of alice@acme.example"), what="the first index after the restart")
+        assert not any("planned" in line for line in daemon.err)
+    finally:
+        daemon.stop()

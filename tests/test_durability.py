@@ -188,6 +188,19 @@ def test_n1_every_connection_the_project_opens_is_synchronous_full(tmp_path):
         listener.stop()
     server_pid = str(server.popen.pid)
     runs["serve (acks)"] = [line for line in log.read_text().splitlines() if line.startswith(server_pid + " ")]
+    mail = tmp_path / "daemon" / "mail"
+    shutil.copytree(DEMO / "mailbox" / "alice", mail)
+    config = tmp_path / "daemon" / "daemon.toml"
+    config.write_text(f'db = "store.db"\npoll_interval = 1\n[[mailbox]]\naddress = "{ALICE}"\nexports = ["mail"]\n'
+                      '[[event]]\nname = "scheduled"\nmailboxes = ["alice@acme.example"]\n'
+                      'start = "2020-01-01T00:00:00Z"\n')
+    daemon = Proc("daemon", "--config", str(config), env=env)
+    try:
+        daemon.wait_for(lambda p: any("event scheduled started" in e for e in p.err), what="the scheduled event")
+    finally:
+        daemon.stop()
+    daemon_pid = str(daemon.popen.pid)
+    runs["daemon"] = [line for line in log.read_text().splitlines() if line.startswith(daemon_pid + " ")]
     assert before > 0
     for name, lines in runs.items():
         assert lines, f"{name} committed nothing"

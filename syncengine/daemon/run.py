@@ -38,6 +38,7 @@ RETRY_SECONDS = 30.0  # a file that would not open (Outlook holds it) is tried a
 # The writer wakes the server after each commit; the server's own look at the store is
 # only for commits by other processes (a CLI on a tcp daemon), so it can be rare.
 DAEMON_CHECK_SECONDS = 1.0
+PROGRESS_SECONDS = 10.0  # how often a long index run logs how far it got
 
 
 class DaemonError(Exception):
@@ -511,10 +512,17 @@ class Daemon:
             if report.status == "error":
                 failed.append(Path(report.path))
 
-        summary = index.run(db, exports, address, on_file=on_file)
-        if summary.files - summary.unchanged:
-            log.info("index of %s: %d file(s) read, %d unchanged, %d removed, %.2f s", address,
-                     summary.files - summary.unchanged, summary.unchanged, summary.removed, summary.seconds)
+        read = [0, time.monotonic() + PROGRESS_SECONDS]
+
+        def progress(count: int) -> None:  # a long run (a large PST) says how far it got
+            read[0] += count
+            if time.monotonic() >= read[1]:
+                read[1] = time.monotonic() + PROGRESS_SECONDS
+                log.info("indexing %s: %d message(s) read so far", address, read[0])
+
+        summary = index.run(db, exports, address, on_file=on_file, progress=progress)
+        log.info("index of %s: %d file(s) read, %d unchanged, %d removed, %.2f s", address,
+                 summary.files - summary.unchanged, summary.unchanged, summary.removed, summary.seconds)
         for path in failed:  # held open or half-written: its last good index stands meanwhile
             export = next((e for e in exports if path == e or e in path.parents), None)
             if export is not None:
