@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from syncengine import engine, index, store
+from syncengine import engine, index, normalise, store
 
 from .conftest import CORPUS, FIXTURES, needs_corpus, run_cli
 
@@ -33,7 +33,7 @@ def _inbox_snapshot(db_path, folder):
                       " ON m.id = l.message WHERE l.role = 'inbox' AND m.message_id IS NOT NULL").fetchall()
     db.conn.close()
     entries = [{"id": f"i{n}", "received": "2026-03-02T08:00:00Z", "mimeMessageId": f"<{mid}>",
-                "headerDate": None if ts is None else engine.normalise.iso(ts),
+                "headerDate": None if ts is None else normalise.iso(ts),
                 "from": {"emailAddress": "someone@example.org"}, "subject": subject}
                for n, (mid, ts, subject) in enumerate(rows)]
     folder.mkdir()
@@ -132,7 +132,7 @@ def test_c19_a_mailbox_whose_export_never_read_waits_then_reconciles_when_it_doe
     deltas = [json.loads(line) for line in run_cli("deltas", "--db", str(db), "--json", check=True).stdout.splitlines()]
     assert {d["message_id"] for d in deltas} == {"<to-self@mail.example>", "<invoice-88@mail.example>"}
     reconciled = store.connect(db).execute("SELECT reconciled_at FROM event_mailboxes").fetchone()[0]
-    assert all(d["at"] == engine.normalise.iso(reconciled) for d in deltas)
+    assert all(d["at"] == normalise.iso(reconciled) for d in deltas)
 
 
 def test_c19_exports_indexed_under_an_alias_belong_to_the_primary(tmp_path):

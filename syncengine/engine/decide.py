@@ -1,0 +1,222 @@
+"""Deciding: the rules' inputs gathered from the store for one event and mailbox, the
+rules applied, and their deltas appended (C3-C18, N2)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+
+from .. import directory as directory_mod
+from .. import normalise, rules
+from .events import Event, waiting_for_index
+from .log import _append
+
+
+def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> list[dict]:
+    deltas: list[dict] = []
+    for mailbox in event.mailboxes:
+        addresses = sorted(view.addresses(mailbox))  # C19: exports indexed under an alias are the primary's
+        since = event.reconciled[mailbox]
+        if since is None:
+            if event.phase not in ("reconciling", "active") or waiting_for_index(conn, addresses):
+                continue  # C19: nothing is decided against an index that is not whole
+            since = event.reconciled[mailbox] = now  # C3 at this moment: the index is whole now
+            conn.execute("UPDATE event_mailboxes SET reconciled_at = ? WHERE event = ? AND mailbox = ?",
+                         (now, event.id, mailbox))
+        if event.phase in ("reconciling", "active"):
+            deltas.extend(_decide_entries(conn, event, mailbox, now, view))
+            deltas.extend(_decide_outbox(conn, event, mailbox, addresses, now))
+        if event.phase in ("active", "ending"):
+            deltas.extend(_decide_purges(conn, event, mailbox, addresses, since, now))
+    return _append(conn, deltas)
+
+
+_LOCAL_COLUMNS = ("s.path || '#' || l.locator, m.message_id, m.submit_ts, m.resent_key, m.sender,"
+                  " m.recipients, m.subject_norm")
+
+
+def _msg(row, offset: int = 0) -> rules.Msg:
+    return rules.Msg(row[offset], row[offset + 1], row[offset + 2], row[offset + 3], row[offset + 4],
+                     row[offset + 5])
+
+
+ENTRY_CHUNK = 20_000  # entries decided per step of a poll: bounds memory, not behaviour
+
+_ENTRY_COLUMNS = ("id, entry_id, address, kind, message_id, header_ts, resent_key, sender, recipients,"
+                  " subject_norm, status, expired, message_class, fingerprint, subject, content")
+
+
+def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[dict]:
+    addresses = sorted(view.addresses(mailbox))
+    groups = view.groups(mailbox) if event.expand_lists else set()
+    marks = ", ".join("?" * len(addresses))
+    # Entries are added at the engine's clock, so ids grow with visible_at: everything at or
+    # below the cursor was decided by an earlier poll, and an idle poll reads nothing.
+    cursor = conn.execute("SELECT entry_cursor FROM event_mailboxes WHERE event = ? AND mailbox = ?",
+                          (event.id, mailbox)).fetchone()[0]
+    ids = [row[0] for row in conn.execute(
+        f"SELECT id FROM entries e WHERE e.id > ? AND e.visible_at <= ? AND ((e.kind = 'mailbox'"
+        f" AND e.address IN ({marks})) OR (e.kind = 'group' AND ?)) AND NOT EXISTS (SELECT 1 FROM decided d"
+        f" WHERE d.event = ? AND d.mailbox = ? AND d.entry = e.id)"
+        f" ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
+        (cursor, now, *addresses, int(event.expand_lists), event.id, mailbox))]
+    if not ids:
+        return []
+    later = conn.execute("SELECT min(id) FROM entries WHERE id > ? AND visible_at > ?", (cursor, now)).fetchone()[0]
+    conn.execute("UPDATE event_mailboxes SET entry_cursor = ? WHERE event = ? AND mailbox = ?",
+                 (max(ids) if later is None else min(max(ids), later - 1), event.id, mailbox))
+    delivered = rules.Delivered()
+    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm"
+                            " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):
+        delivered.add(_msg(row))
+    deltas: list[dict] = []
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_entry (position INTEGER PRIMARY KEY, id INTEGER)")
+    for start in range(0, len(ids), ENTRY_CHUNK):
+        conn.execute("DELETE FROM want_entry")
+        conn.executemany("INSERT INTO want_entry VALUES (?, ?)", enumerate(ids[start:start + ENTRY_CHUNK]))
+        rows = conn.execute(f"SELECT {', '.join('e.' + c.strip() for c in _ENTRY_COLUMNS.split(','))}"
+                            f" FROM want_entry w CROSS JOIN entries e ON e.id = w.id ORDER BY w.position").fetchall()
+        deltas.extend(_decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows, delivered))
+    return deltas
+
+
+def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses: list[str], groups: set[str],
+                  rows: list, delivered: rules.Delivered) -> list[dict]:
+    outcomes: list[tuple] = []
+    batch = []
+    for row in rows:
+        if row[3] == "group" and view.primary(row[2]) not in groups:
+            outcomes.append((event.id, mailbox, row[0], "not-member"))  # C16: not retroactive
+        else:
+            batch.append(row)
+    locals_by_mid, locals_by_key = _candidates(conn, addresses, batch)
+    at = event.started_at if event.phase == "reconciling" else now
+    deltas = []
+    for row in batch:
+        entry = rules.EntryIn(row[0], rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9]),
+                              row[10], bool(row[11]), row[12], row[13])
+        key = (entry.msg.sender, entry.msg.subject_norm)
+        seen: dict[str, rules.LocalIn] = {}
+        for local in locals_by_mid.get(entry.msg.message_id, []) + locals_by_key.get(key, []):
+            seen.setdefault(local.key, local)
+        candidates = list(seen.values())
+        peers = _peers(conn, now, addresses, groups, key, view) if any(
+            rules.c5_match(entry.msg, c.msg) for c in candidates) else []
+        decision = rules.decide_entry(entry, candidates, peers, delivered, event.calendar_items)
+        outcomes.append((event.id, mailbox, entry.key, decision.outcome))
+        if decision.action is None:
+            continue
+        delivering = decision.action == "deliver"
+        deltas.append({"at": at, "event": event.name, "mailbox": mailbox, "action": decision.action,
+                       "folder": "Inbox" if delivering else None,
+                       "message_id": normalise.display_message_id(entry.msg.message_id), "subject": row[14],
+                       "fingerprint": entry.fingerprint, "source": f"mimecast:{row[1]}",
+                       "content": row[15] if delivering else None, "reason": decision.reason,
+                       "_delivery": (event.id, entry.msg) if delivering else None})
+    conn.executemany("INSERT INTO decided VALUES (?, ?, ?, ?)", outcomes)
+    return deltas
+
+
+def _candidates(conn, addresses: list[str], batch: list) -> tuple[dict, dict]:
+    """Local locations in received-mail folders that share a Message-ID or a fallback key
+    with any entry of the batch, looked up through temporary key tables. CROSS JOIN pins
+    the order (keys, then the messages index, then locations by message): left to
+    itself the planner may scan every location of the mailbox instead."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_key (sender TEXT, subject_norm TEXT,"
+                 " PRIMARY KEY (sender, subject_norm)) WITHOUT ROWID")
+    conn.execute("DELETE FROM want_mid")
+    conn.execute("DELETE FROM want_key")
+    conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?)", [(r[4],) for r in batch if r[4]])
+    conn.executemany("INSERT OR IGNORE INTO want_key VALUES (?, ?)", [(r[7], r[9]) for r in batch if r[7]])
+    by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
+    by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
+    marks = ", ".join("?" * len(addresses))
+    for row in conn.execute(
+            f"SELECT {_LOCAL_COLUMNS} FROM want_mid w CROSS JOIN messages m ON m.message_id = w.message_id"
+            f" CROSS JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
+            f" WHERE l.mailbox IN ({marks}) AND l.received = 1", addresses):
+        by_mid[row[1]].append(rules.LocalIn(row[0], _msg(row, 1)))
+    for row in conn.execute(
+            f"SELECT {_LOCAL_COLUMNS} FROM want_key w CROSS JOIN messages m ON m.sender = w.sender"
+            f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
+            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.received = 1", addresses):
+        by_key[(row[4], row[6])].append(rules.LocalIn(row[0], _msg(row, 1)))
+    return by_mid, by_key
+
+
+def _peers(conn, now: float, addresses: list[str], groups: set[str], key: tuple, view) -> list[rules.EntryIn]:
+    """Visible entries for this mailbox with the same fallback key (C5 ambiguity)."""
+    peers = []
+    for row in conn.execute(
+            "SELECT id, address, kind, message_id, header_ts, resent_key, sender, recipients, subject_norm,"
+            " fingerprint FROM entries WHERE sender = ? AND subject_norm = ? AND visible_at <= ?",
+            (key[0], key[1], now)):
+        mine = row[1] in addresses if row[2] == "mailbox" else view.primary(row[1]) in groups
+        if mine:
+            peers.append(rules.EntryIn(row[0], _msg(row, 3), None, False, "", row[9]))
+    return peers
+
+
+def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: float) -> list[dict]:
+    marks = ", ".join("?" * len(addresses))
+    rows = conn.execute(
+        f"SELECT {_LOCAL_COLUMNS}, m.identity, m.message_class, l.locator, l.folder, m.subject, m.fingerprint,"
+        f" s.kind, s.path FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
+        f" WHERE l.mailbox IN ({marks}) AND l.role = 'outbox' AND NOT EXISTS (SELECT 1 FROM outbox_done o"
+        f" WHERE o.event = ? AND o.mailbox = ? AND o.identity = m.identity) ORDER BY l.seen_at, l.id",
+        (*addresses, event.id, mailbox)).fetchall()
+    if not rows:
+        return []
+    sent = [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
+        f"SELECT {_LOCAL_COLUMNS} FROM locations l JOIN messages m ON m.id = l.message"
+        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.role = 'sent'", addresses)]
+    at = event.started_at if event.phase == "reconciling" else now
+    deltas, done = [], set()
+    for row in rows:
+        identity = row[7]
+        if identity in done:
+            continue
+        done.add(identity)
+        item = rules.OutboxIn(identity, rules.LocalIn(row[0], _msg(row, 1)), row[8] or "IPM.Note")
+        outcome, action, reason = rules.decide_outbox(item, sent, event.calendar_items)
+        conn.execute("INSERT INTO outbox_done VALUES (?, ?, ?, ?)", (event.id, mailbox, identity, outcome))
+        if action:
+            deltas.append({"at": at, "event": event.name, "mailbox": mailbox, "action": action,
+                           "folder": "Outbox", "message_id": normalise.display_message_id(row[1]),
+                           "subject": row[11], "fingerprint": row[12], "source": f"local:{row[9]}",
+                           "content": row[14] if row[13] in ("msg", "eml") else None, "reason": reason})
+    return deltas
+
+
+def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since: float,
+                   now: float) -> list[dict]:
+    """C12, C14, C15: copies that appeared after the mailbox was reconciled (its event's
+    start, or later when it waited for its index: C19) of what continuity delivered."""
+    limit = now if event.closes_at is None else min(now, event.closes_at)
+    marks = ", ".join("?" * len(addresses))
+    rows = conn.execute(
+        f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint, l.id"
+        f" FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
+        f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND l.delivery_tag IS NULL AND l.seen_at > ?"
+        f" AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
+        f"   WHERE event = ? AND mailbox = ?)"
+        f" AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.event = ? AND p.mailbox = ?"
+        f"   AND p.location = l.id) ORDER BY l.seen_at, l.id",
+        (*addresses, since, limit, event.id, mailbox, event.id, mailbox)).fetchall()
+    deltas = []
+    for row in rows:
+        local = _msg(row, 1)
+        delivered = [_msg(r) for r in conn.execute(
+            "SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
+            " WHERE event = ? AND mailbox = ? AND message_id = ?", (event.id, mailbox, local.message_id))]
+        if not rules.purge_match(local, delivered):
+            continue
+        conn.execute("INSERT INTO purged VALUES (?, ?, ?)", (event.id, mailbox, row[12]))
+        late = event.ended_at is not None and row[9] > event.ended_at
+        deltas.append({"at": now, "event": event.name, "mailbox": mailbox, "action": "purge",
+                       "folder": row[8], "message_id": normalise.display_message_id(local.message_id),
+                       "subject": row[10], "fingerprint": row[11], "source": f"local:{row[7]}",
+                       "content": None,
+                       "reason": "post-event-duplicate" if late else "exchange-duplicate"})
+    return deltas

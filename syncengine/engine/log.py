@@ -1,0 +1,73 @@
+"""The delta log: numbering (seq gap-free, mailbox_seq per mailbox), the stored JSON line, reading it back."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import msgspec
+import sqlite_utils
+
+from .. import normalise
+
+
+_DELTA_FIELDS = ("seq", "mailbox_seq", "at", "event", "mailbox", "action", "folder", "message_id", "subject",
+                 "fingerprint", "source", "content", "reason")
+
+
+def _append(conn: sqlite3.Connection, deltas: list[dict]) -> list[dict]:
+    """Number the deltas (seq gap-free overall, mailbox_seq per mailbox) and write them,
+    with the deliveries they record, inside the caller's transaction."""
+    if not deltas:
+        return []
+    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
+    per_mailbox: dict[str, int] = {}
+    rows, deliveries, written = [], [], []
+    for delta in deltas:
+        mailbox = delta["mailbox"]
+        if mailbox not in per_mailbox:
+            per_mailbox[mailbox] = conn.execute("SELECT coalesce(max(mailbox_seq), 0) FROM deltas"
+                                                " WHERE mailbox = ?", (mailbox,)).fetchone()[0]
+        seq += 1
+        per_mailbox[mailbox] += 1
+        delta["seq"], delta["mailbox_seq"] = seq, per_mailbox[mailbox]
+        delivery = delta.pop("_delivery", None)
+        if delivery:
+            event_id, msg = delivery
+            deliveries.append((event_id, mailbox, seq, msg.message_id, msg.submit_ts, msg.resent_key,
+                               msg.sender, msg.recipients, msg.subject_norm, delta["fingerprint"]))
+        line = as_json(delta)
+        written.append(line)
+        rows.append(tuple(delta[f] for f in _DELTA_FIELDS) + (_ENCODE(line),))
+    conn.executemany(f"INSERT INTO deltas ({', '.join(_DELTA_FIELDS)}, body)"
+                     f" VALUES ({', '.join('?' * 14)})", rows)
+    conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", deliveries)
+    return written
+
+
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
+
+
+def as_json(delta: dict) -> dict:
+    """A delta as formats.md writes it: `at` as ISO 8601."""
+    out = {f: delta[f] for f in _DELTA_FIELDS}
+    out["at"] = normalise.iso(out["at"])
+    return out
+
+
+def delta_lines(db: sqlite_utils.Database, since: int = 0, limit: int = -1) -> list[tuple[str, int, bytes]]:
+    """(mailbox, mailbox_seq, JSON line) after `seq` = since, in seq order: what the
+    server publishes, encoded once when the delta was written."""
+    return db.execute("SELECT mailbox, mailbox_seq, body FROM deltas WHERE seq > ? ORDER BY seq LIMIT ?",
+                      (since, limit)).fetchall()
+
+
+def deltas(db: sqlite_utils.Database, since: int = 0, limit: int = -1) -> list[dict]:
+    """The log after `seq` = since, in seq order (at most `limit`, -1 for all)."""
+    return [_DECODE(body) for _, _, body in delta_lines(db, since, limit)]
+
+
+def deltas_for(db: sqlite_utils.Database, mailbox: str, since: int, limit: int) -> list[bytes]:
+    """One mailbox's JSON lines after `mailbox_seq` = since, in order (a client's catch-up)."""
+    return [row[0] for row in db.execute("SELECT body FROM deltas WHERE mailbox = ? AND mailbox_seq > ?"
+                                         " ORDER BY mailbox_seq LIMIT ?", (mailbox, since, limit))]
