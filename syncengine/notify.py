@@ -33,7 +33,7 @@ from .store import transaction
 log = logging.getLogger("syncengine.notify")
 
 HEARTBEAT_SECONDS = 1.0
-PAGE = 5000                # deltas per mailbox in one catch-up reply
+PAGE = 5000                # deltas in one catch-up reply, across its mailboxes
 CHECK_SECONDS = 0.05       # how often to look for deltas committed by other processes
 BUSY_MS = 100              # a request's write waits this long for another writer before it is retried
 ZAP_DOMAIN = b"syncengine"
