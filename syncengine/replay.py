@@ -146,13 +146,15 @@ def _load(db, scenario: formats.Scenario, folder: Path, now: float, say: Say) ->
         engine.set_settings(conn, scenario.settings)
     for mailbox in scenario.mailboxes:
         _index(db, [folder / mailbox.export], mailbox.address, now, say)
+    sync = None
     if scenario.directory:
         try:
-            engine.add_directory(db, _input(folder, scenario.directory), now, journal=lambda c: _mark(c, LOAD_STEP, now))
-            return
+            sync = engine.read_directory(_input(folder, scenario.directory))
         except (formats.FormatError, files.OutsideError) as exc:
             say(f"error: {exc}")
-    with transaction(db.conn) as conn:
+    with transaction(db.conn) as conn:  # the directory commits with the step that loads it
+        if sync is not None:
+            engine.insert_directory(conn, sync, now)
         _mark(conn, LOAD_STEP, now)
 
 
@@ -174,12 +176,16 @@ def _mark(conn: sqlite3.Connection, number: int, now: float) -> None:
 
 
 def _apply(db, scenario: formats.Scenario, number: int, now: float, folder: Path, say: Say) -> None:
+    """One timeline step, journalled in the transaction that applies it: a replay stopped
+    anywhere resumes with each step done exactly once (C1, N1)."""
     step = scenario.timeline[number]
-    journal = lambda conn: _mark(conn, number, now)  # noqa: E731 - the step commits with its effect
     stamp = normalise.iso(now)
     try:
         if step.do == "snapshot":
-            result = engine.add_snapshot(db, _input(folder, step.path), now, journal=journal)
+            prepared = engine.prepare_snapshot(db, _input(folder, step.path))  # files first, then one commit
+            with transaction(db.conn) as conn:
+                result = engine.insert_snapshot(conn, prepared, now)
+                _mark(conn, number, now)
             say(f"{stamp}  snapshot {step.path}: {result.entries} entries in {result.pages} page(s)")
             for _, reason in result.rejected:
                 say(f"error: rejected page: {reason}")
@@ -187,18 +193,25 @@ def _apply(db, scenario: formats.Scenario, number: int, now: float, folder: Path
                 say(f"warning: {file}: {reason}")
             return
         if step.do == "directory_sync":
-            engine.add_directory(db, _input(folder, step.path), now, journal=journal)
+            sync = engine.read_directory(_input(folder, step.path))
+            with transaction(db.conn) as conn:
+                engine.insert_directory(conn, sync, now)
+                _mark(conn, number, now)
             say(f"{stamp}  directory sync {step.path}")
             return
         if step.do == "start_event":
             say(f"{stamp}  start event {step.event} for {', '.join(step.mailboxes)}")
-            for delta in engine.start_event(db, step.event, step.mailboxes, step.expand_distribution_lists,
-                                            now, journal=journal):
+            with transaction(db.conn) as conn:
+                written = engine.start_event_in(conn, step.event, step.mailboxes, step.expand_distribution_lists, now)
+                _mark(conn, number, now)
+            for delta in written:
                 say(_describe(delta))
             _say_waiting(db, say)
             return
         if step.do == "end_event":
-            engine.end_event(db, step.event, now, journal=journal)
+            with transaction(db.conn) as conn:
+                engine.end_event_in(conn, step.event, now)
+                _mark(conn, number, now)
             say(f"{stamp}  end event {step.event}")
             return
         _exchange(db, step, number, now, folder, scenario.timeline, say)

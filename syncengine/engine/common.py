@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
@@ -40,5 +39,3 @@ def set_settings(conn: sqlite3.Connection, settings: formats.Settings) -> None:
     for key in ("poll_interval", "post_event_window", "calendar_items"):
         conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, json.dumps(getattr(settings, key))))
 
-
-Journal = Callable[[sqlite3.Connection], None] | None

@@ -12,7 +12,7 @@ import sqlite_utils
 from .. import directory as directory_mod
 from .. import files, formats, snapshot
 from ..store import transaction
-from .common import Journal, store_dir
+from .common import store_dir
 
 
 @dataclass
@@ -26,12 +26,28 @@ class SnapshotResult:
 
 
 
-def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Journal = None,
-                 once: bool = False) -> SnapshotResult | None:
+@dataclass
+class Prepared:
+    """A snapshot read and its content stored (durably), ready to be inserted."""
+    path: Path
+    loaded: snapshot.Loaded
+
+
+def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, once: bool = False) -> SnapshotResult | None:
     """Make the snapshot at `path` visible at `now`: valid pages are stored with their
     content, rejected pages are recorded with the reason and nothing of them applies.
     With `once`, a snapshot folder applied before (by this process or another watching
     the same drop folder) is not applied again, and None is returned."""
+    prepared = prepare_snapshot(db, path, once)
+    if prepared is None:
+        return None
+    with transaction(db.conn) as conn:
+        return insert_snapshot(conn, prepared, now, once)
+
+
+def prepare_snapshot(db: sqlite_utils.Database, path: Path, once: bool = False) -> Prepared | None:
+    """The file work of add_snapshot, outside any transaction: pages read and checked,
+    content copied into the store and synced (N1) before the commit that names it."""
     if once:
         path = Path(path).absolute()
         if db.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
@@ -48,40 +64,62 @@ def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, journal: Jou
                 row.content = None
         if row.message_class is None:
             row.message_class = snapshot.content_class(data)
-    with transaction(db.conn) as conn:
-        if once and conn.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
-            return None  # another process applied it while this one read it
-        cursor = conn.execute("INSERT INTO snapshots (path, visible_at, pages, rejected_pages, entries)"
-                              " VALUES (?, ?, ?, ?, ?)",
-                              (str(path), now, loaded.pages, len(loaded.rejected), len(loaded.entries)))
-        snapshot_id = cursor.lastrowid
-        conn.executemany("INSERT INTO snapshot_errors VALUES (?, ?, ?)",
-                         [(snapshot_id, file, reason) for file, reason in loaded.rejected + loaded.warnings])
-        conn.executemany(
-            "INSERT INTO entries (snapshot_id, page, position, entry_id, address, kind, visible_at, message_id,"
-            " header_ts, received_ts, sender, recipients, subject, subject_norm, status, expired, message_class,"
-            " resent_key, content, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(snapshot_id, r.page, r.position, r.entry_id, r.address, r.kind, now, r.message_id, r.header_ts,
-              r.received_ts, r.sender, r.recipients, r.subject, r.subject_norm, r.status, int(r.expired),
-              r.message_class, r.resent_key, r.content, r.fingerprint) for r in loaded.entries])
-        if journal:
-            journal(conn)
+    return Prepared(Path(path), loaded)
+
+
+def insert_snapshot(conn: sqlite3.Connection, prepared: Prepared, now: float,
+                    once: bool = False) -> SnapshotResult | None:
+    """The rows of a prepared snapshot, inside the caller's transaction."""
+    path, loaded = prepared.path, prepared.loaded
+    if once and conn.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
+        return None  # another process applied it while this one read it
+    cursor = conn.execute("INSERT INTO snapshots (path, visible_at, pages, rejected_pages, entries)"
+                          " VALUES (?, ?, ?, ?, ?)",
+                          (str(path), now, loaded.pages, len(loaded.rejected), len(loaded.entries)))
+    snapshot_id = cursor.lastrowid
+    conn.executemany("INSERT INTO snapshot_errors VALUES (?, ?, ?)",
+                     [(snapshot_id, file, reason) for file, reason in loaded.rejected + loaded.warnings])
+    conn.executemany(
+        "INSERT INTO entries (snapshot_id, page, position, entry_id, address, kind, visible_at, message_id,"
+        " header_ts, received_ts, sender, recipients, subject, subject_norm, status, expired, message_class,"
+        " resent_key, content, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(snapshot_id, r.page, r.position, r.entry_id, r.address, r.kind, now, r.message_id, r.header_ts,
+          r.received_ts, r.sender, r.recipients, r.subject, r.subject_norm, r.status, int(r.expired),
+          r.message_class, r.resent_key, r.content, r.fingerprint) for r in loaded.entries])
     return SnapshotResult(str(path), loaded.pages, len(loaded.entries), loaded.rejected, loaded.warnings)
 
 
-def add_directory(db: sqlite_utils.Database, path: Path, now: float, journal: Journal = None) -> formats.Directory:
+@dataclass
+class DirectorySync:
+    """A directory file read and validated, ready to be inserted."""
+    path: Path
+    data: bytes
+    parsed: formats.Directory
+    synced: int | None
+
+
+def add_directory(db: sqlite_utils.Database, path: Path, now: float) -> formats.Directory:
     """A successful directory sync; the latest one added wins from `now` on (C16)."""
+    sync = read_directory(path)
+    with transaction(db.conn) as conn:
+        insert_directory(conn, sync, now)
+    return sync.parsed
+
+
+def read_directory(path: Path) -> DirectorySync:
+    """The directory file, validated (FormatError naming the file and the reason)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise formats.FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     parsed, view = directory_mod.load(data, str(path))
-    with transaction(db.conn) as conn:
-        conn.execute("INSERT INTO directory_syncs (path, synced, added_at, body) VALUES (?, ?, ?, ?)",
-                     (str(path), view.synced, now, data))
-        if journal:
-            journal(conn)
-    return parsed
+    return DirectorySync(Path(path), data, parsed, view.synced)
+
+
+def insert_directory(conn: sqlite3.Connection, sync: DirectorySync, now: float) -> None:
+    """A read directory sync, inside the caller's transaction."""
+    conn.execute("INSERT INTO directory_syncs (path, synced, added_at, body) VALUES (?, ?, ?, ?)",
+                 (str(sync.path), sync.synced, now, sync.data))
 
 
 def add_directory_if_new(db: sqlite_utils.Database, path: Path, now: float) -> bool:

@@ -3,11 +3,13 @@ Each writes its decisions and their deltas in one transaction (N1)."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import sqlite_utils
 
 from .. import normalise
 from ..store import transaction
-from .common import EngineError, Journal, get_settings
+from .common import EngineError, get_settings
 from .decide import _decide
 from .events import _EVENT_SELECT, _event, check_event_name, open_events
 from .ingest import directory_at
@@ -15,64 +17,75 @@ from .report import _close
 
 
 def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expand_lists: bool,
-                now: float, journal: Journal = None) -> list[dict]:
+                now: float) -> list[dict]:
     """C1, C3: create the event and reconcile each mailbox, in one transaction."""
-    settings = get_settings(db)
+    with transaction(db.conn) as conn:
+        return start_event_in(conn, name, mailboxes, expand_lists, now)
+
+
+def start_event_in(conn: sqlite3.Connection, name: str, mailboxes: list[str], expand_lists: bool,
+                   now: float) -> list[dict]:
+    """start_event inside the caller's transaction (replay journals its step in it)."""
     check_event_name(name)
     try:
         named = [normalise.mailbox(m) for m in mailboxes]
     except ValueError as exc:
         raise EngineError(str(exc)) from None
-    with transaction(db.conn) as conn:
-        view = directory_at(conn, now)
-        wanted = sorted({view.primary(m) for m in named})
-        if not wanted:
-            raise EngineError("an event needs at least one mailbox")
-        if conn.execute("SELECT 1 FROM events WHERE name = ?", (name,)).fetchone():
-            raise EngineError(f"event {name!r} already exists")
-        for mailbox in wanted:
-            busy = conn.execute("SELECT e.name FROM events e JOIN event_mailboxes m ON m.event = e.id"
-                                " WHERE m.mailbox = ? AND e.phase != 'closed'", (mailbox,)).fetchone()
-            if busy:
-                raise EngineError(f"mailbox {mailbox} is already in open event {busy[0]!r}")
-        cursor = conn.execute(
-            "INSERT INTO events (name, phase, started_at, last_poll, expand_lists, poll_interval,"
-            " post_event_window, calendar_items) VALUES (?, 'reconciling', ?, ?, ?, ?, ?, ?)",
-            (name, now, now, int(expand_lists), settings.poll_interval, settings.post_event_window,
-             int(settings.calendar_items)))
-        conn.executemany("INSERT INTO event_mailboxes (event, mailbox) VALUES (?, ?)",
-                         [(cursor.lastrowid, m) for m in wanted])
-        event = _event(conn, conn.execute(f"{_EVENT_SELECT} WHERE id = ?", (cursor.lastrowid,)).fetchone())
-        written = _decide(conn, event, now, view)
-        conn.execute("UPDATE events SET phase = 'active' WHERE id = ?", (event.id,))
-        if journal:
-            journal(conn)
+    settings = get_settings(conn)
+    view = directory_at(conn, now)
+    wanted = sorted({view.primary(m) for m in named})
+    if not wanted:
+        raise EngineError("an event needs at least one mailbox")
+    if conn.execute("SELECT 1 FROM events WHERE name = ?", (name,)).fetchone():
+        raise EngineError(f"event {name!r} already exists")
+    for mailbox in wanted:
+        busy = conn.execute("SELECT e.name FROM events e JOIN event_mailboxes m ON m.event = e.id"
+                            " WHERE m.mailbox = ? AND e.phase != 'closed'", (mailbox,)).fetchone()
+        if busy:
+            raise EngineError(f"mailbox {mailbox} is already in open event {busy[0]!r}")
+    cursor = conn.execute(
+        "INSERT INTO events (name, phase, started_at, last_poll, expand_lists, poll_interval,"
+        " post_event_window, calendar_items) VALUES (?, 'reconciling', ?, ?, ?, ?, ?, ?)",
+        (name, now, now, int(expand_lists), settings.poll_interval, settings.post_event_window,
+         int(settings.calendar_items)))
+    conn.executemany("INSERT INTO event_mailboxes (event, mailbox) VALUES (?, ?)",
+                     [(cursor.lastrowid, m) for m in wanted])
+    event = _event(conn, conn.execute(f"{_EVENT_SELECT} WHERE id = ?", (cursor.lastrowid,)).fetchone())
+    written = _decide(conn, event, now, view)
+    conn.execute("UPDATE events SET phase = 'active' WHERE id = ?", (event.id,))
     return written
 
 
-def end_event(db: sqlite_utils.Database, name: str, now: float, journal: Journal = None) -> None:
+def end_event(db: sqlite_utils.Database, name: str, now: float) -> None:
     """C14: Exchange is back; the post-event window starts."""
     with transaction(db.conn) as conn:
-        row = conn.execute("SELECT phase FROM events WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise EngineError(f"no event {name!r}")
-        if row[0] != "active":
-            raise EngineError(f"event {name!r} is {row[0]}, not active")
-        conn.execute("UPDATE events SET phase = 'ending', ended_at = ? WHERE name = ?", (now, name))
-        if journal:
-            journal(conn)
+        end_event_in(conn, name, now)
+
+
+def end_event_in(conn: sqlite3.Connection, name: str, now: float) -> None:
+    row = conn.execute("SELECT phase FROM events WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise EngineError(f"no event {name!r}")
+    if row[0] != "active":
+        raise EngineError(f"event {name!r} is {row[0]}, not active")
+    conn.execute("UPDATE events SET phase = 'ending', ended_at = ? WHERE name = ?", (now, name))
 
 
 def poll(db: sqlite_utils.Database, now: float, events: list[str] | None = None) -> list[dict]:
     """One poll of every open event (or of `events`): decide, write, close what is due."""
     with transaction(db.conn) as conn:
-        view = directory_at(conn, now)
-        written = []
-        for event in open_events(conn):
-            if events is not None and event.name not in events:
-                continue
-            written.extend(_decide(conn, event, now, view))
-            conn.execute("UPDATE events SET last_poll = ? WHERE id = ?", (now, event.id))
-            if event.phase == "ending" and now >= event.closes_at:
-                _close(conn, event, now)
+        return poll_in(conn, now, events)
+
+
+def poll_in(conn: sqlite3.Connection, now: float, events: list[str] | None = None) -> list[dict]:
+    """poll inside the caller's transaction."""
+    view = directory_at(conn, now)
+    written = []
+    for event in open_events(conn):
+        if events is not None and event.name not in events:
+            continue
+        written.extend(_decide(conn, event, now, view))
+        conn.execute("UPDATE events SET last_poll = ? WHERE id = ?", (now, event.id))
+        if event.phase == "ending" and now >= event.closes_at:
+            _close(conn, event, now)
     return written

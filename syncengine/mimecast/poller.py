@@ -112,14 +112,15 @@ def apply(db: sqlite_utils.Database, passes: list[Fetched], now: float) -> None:
     """Apply each written snapshot (once, whoever sees it first) and remember what was
     fetched and how far the window went, in the transaction that applies it."""
     for result in passes:
-        def journal(conn, result=result) -> None:
+        prepared = engine.prepare_snapshot(db, result.folder, once=True) if result.folder is not None else None
+        with store.transaction(db.conn) as conn:
+            applied = engine.insert_snapshot(conn, prepared, now, once=True) if prepared is not None else None
             conn.executemany("INSERT OR IGNORE INTO mimecast_fetched VALUES (?, ?, ?)",
                              [(result.mailbox, i, now) for i in result.ids])
             conn.execute("INSERT INTO mimecast_windows VALUES (?, ?) ON CONFLICT (mailbox) DO UPDATE"
                          " SET last_end = excluded.last_end", (result.mailbox, result.window_end))
-        if result.folder is None or engine.add_snapshot(db, result.folder, now, journal=journal, once=True) is None:
-            with store.transaction(db.conn) as conn:  # nothing new, or the daemon applied it first
-                journal(conn)
+        if result.folder is not None and applied is None:
+            log.info("%s was applied already (the daemon saw it first)", result.folder)
 
 
 def directory(api: Api, settings: Mimecast, now: float) -> dict:
