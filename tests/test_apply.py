@@ -295,3 +295,46 @@ def test_content_over_the_wire_for_a_client_on_another_machine_is_authorised_lik
             carol.close()
     finally:
         server.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # the test relay is loopback-only
+def test_smtp_login_comes_from_an_owner_only_password_file(tmp_path):
+    import os
+
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"alice", b"pw-1")
+        logins.append(ok)
+        return AuthResult(success=ok)
+
+    class Guarded(Relay):
+        def __init__(self):
+            self.messages = []
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            self.controller = Controller(self, hostname="127.0.0.1", port=self.port, authenticator=authenticator,
+                                         auth_required=True, auth_require_tls=False)
+            self.controller.start()
+
+    relay = Guarded()
+    try:
+        mail, db = _setup(tmp_path, [])
+        secret = tmp_path / "smtp-password"
+        secret.write_text("pw-1\n")
+        os.chmod(secret, 0o644)
+        server = serve(db)
+        try:
+            loose = _apply(mail, db, relay, "--smtp-user", "alice", "--smtp-password-file", str(secret))
+            assert loose.returncode == 2 and "chmod 600" in loose.stderr and "pw-1" not in loose.stderr
+            os.chmod(secret, 0o600)
+            result = _apply(mail, db, relay, "--smtp-user", "alice", "--smtp-password-file", str(secret))
+            assert result.returncode == 0 and "sent 1" in result.stdout, result.stdout + result.stderr
+            assert logins == [True] and len(relay.messages) == 1
+        finally:
+            server.stop()
+    finally:
+        relay.stop()
