@@ -342,6 +342,7 @@ class Writer:
         # Locations dropped in this run, so that a move keeps its first `seen_at`.
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS gone (message INTEGER, mailbox TEXT, seen_at REAL)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.walk_key ON walk(source_id, locator)")
+        self.conn.create_function("fingerprint", 1, normalise.fingerprint, deterministic=True)
 
     def known_sources(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT * FROM sources")}
@@ -460,8 +461,11 @@ class Writer:
         with transaction(self.conn):
             if source_id is None:
                 source_id = self._source_id(task)
-                self.conn.execute("UPDATE walk SET source_id = ?, identity = replace(identity, 'nomid:0:',"
-                                  " 'nomid:' || ? || ':') WHERE source_id = 0", (source_id, source_id))
+                # Staged before the source row existed: name the placeholder's items by it now.
+                self.conn.execute("UPDATE walk SET identity = 'nomid:' || ? || ':' || locator,"
+                                  " fingerprint = fingerprint('nomid:' || ? || ':' || locator)"
+                                  " WHERE source_id = 0 AND identity LIKE 'nomid:0:%'", (source_id, source_id))
+                self.conn.execute("UPDATE walk SET source_id = ? WHERE source_id = 0", (source_id,))
             stale = self._merge_or_keep(source_id, result)
             self._finish_source(source_id, task, size, mtime_ns, result, stale)
         return FileReport(text(task.path), result.status, count, result.errors, result.skipped, stale=stale)

@@ -324,3 +324,15 @@ def test_c19_an_export_gone_outside_an_event_keeps_its_mailbox_waiting_until_it_
     assert "forgot" in forgot.stdout
     assert run_cli("sync", "--db", str(db), check=True).stdout.strip() == "3 deltas"  # an empty index, now whole
     assert run_cli("forget", str(pst), "--db", str(db)).returncode == 4
+
+
+@needs_corpus()
+def test_c5_a_first_read_store_fingerprints_items_without_message_id_by_their_own_identity(db, tmp_path):
+    """Staging a new store before its source row exists must not leave a placeholder in
+    the fingerprint of its items without Message-ID (C5: each its own identity)."""
+    ost = tmp_path / "alice.ost"
+    shutil.copy(OST, ost)
+    index.run(db, [ost], OST_BOX, now=100.0, workers=1)
+    rows = db.execute("SELECT identity, fingerprint FROM messages WHERE identity LIKE 'nomid:%'").fetchall()
+    assert rows and all(not identity.startswith("nomid:0:") for identity, _ in rows)
+    assert [(i, f) for i, f in rows if f != normalise.fingerprint(i)] == []
