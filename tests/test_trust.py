@@ -467,3 +467,10 @@ def test_n3_key_folders_that_are_missing_or_impossible_get_one_clear_line(tmp_pa
     served = run_cli("serve", "--db", str(tmp_path / "s.db"), "--endpoint", f"tcp://127.0.0.1:{port}",
                      "--keys", str(tmp_path / "nokeys"))
     assert served.returncode == 1 and "no such keys folder" in served.stderr and "Traceback" not in served.stderr
+
+
+def test_n3_a_fifo_in_place_of_the_directory_file_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "directory.json"
+    os.mkfifo(fifo)
+    result = run_cli("directory", "add", str(fifo), "--db", str(tmp_path / "store.db"))
+    assert result.returncode == 4 and "not a regular file" in result.stderr and "Traceback" not in result.stderr

@@ -109,7 +109,7 @@ def add_directory(db: sqlite_utils.Database, path: Path, now: float) -> formats.
 def read_directory(path: Path) -> DirectorySync:
     """The directory file, validated (FormatError naming the file and the reason)."""
     try:
-        data = path.read_bytes()
+        data = files.read_regular(Path(path))  # a FIFO or device in its place must not hang the writer
     except OSError as exc:
         raise formats.FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     parsed, view = directory_mod.load(data, str(path))
@@ -123,15 +123,14 @@ def insert_directory(conn: sqlite3.Connection, sync: DirectorySync, now: float) 
 
 
 def add_directory_if_new(db: sqlite_utils.Database, path: Path, now: float) -> bool:
-    """The directory file as a new sync, unless it says what the sync in force says."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise formats.FormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    latest = db.execute("SELECT body FROM directory_syncs ORDER BY added_at DESC, id DESC LIMIT 1").fetchone()
-    if latest and latest[0] == data:
-        return False
-    add_directory(db, path, now)
+    """The directory file as a new sync, unless it says what the sync in force says.
+    The bytes compared are the bytes inserted: the file is read once."""
+    sync = read_directory(path)
+    with transaction(db.conn) as conn:
+        latest = conn.execute("SELECT body FROM directory_syncs ORDER BY added_at DESC, id DESC LIMIT 1").fetchone()
+        if latest and latest[0] == sync.data:
+            return False
+        insert_directory(conn, sync, now)
     return True
 
 
