@@ -338,3 +338,21 @@ def test_smtp_login_comes_from_an_owner_only_password_file(tmp_path):
             server.stop()
     finally:
         relay.stop()
+
+
+def test_a_purge_or_send_that_finds_a_fifo_or_a_symlink_out_touches_nothing(tmp_path):
+    import os
+
+    from syncengine.apply.mailbox import ApplyError, Layout
+
+    secret = tmp_path / "secret.eml"
+    secret.write_bytes(_message("offer"))  # the Message-ID the purge names, but outside the mailbox
+    layout = Layout(tmp_path / "mail", False)
+    (tmp_path / "mail" / "Inbox").mkdir(parents=True)
+    (tmp_path / "mail" / "Inbox" / "link.eml").symlink_to(secret)
+    os.mkfifo(tmp_path / "mail" / "Inbox" / "pipe.eml")
+    assert layout.purge("Inbox/link.eml", "<offer@mail.example>") == "mismatch"
+    assert layout.purge("Inbox/pipe.eml", "<offer@mail.example>") == "mismatch"
+    assert secret.exists() and (tmp_path / "mail" / "Inbox" / "link.eml").is_symlink()
+    with pytest.raises(ApplyError, match="climbs out"):
+        layout.local("../secret.eml")

@@ -129,7 +129,10 @@ class Applier:
             raise ApplyError(f"{_locator(delta)} is no longer in the Outbox")
         if path.suffix.lower() == ".msg":
             raise ApplyError("an Outbox item saved as .msg has no RFC 822 bytes to send")
-        raw = path.read_bytes()
+        try:
+            raw = files.read_regular(path)  # never a FIFO, never through a symlink
+        except OSError as exc:
+            raise ApplyError(f"{_locator(delta)}: {exc.strerror or exc}") from None
         doubtful = self.journal.in_doubt(delta)
         try:
             self.smtp.send(raw)

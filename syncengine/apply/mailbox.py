@@ -38,9 +38,12 @@ def with_delivery_header(raw: bytes, event: str, seq: int) -> bytes:
 
 
 def message_id(path: Path) -> str | None:
-    with open(path, "rb") as handle:
-        headers = BytesHeaderParser(policy=policy.compat32).parse(handle)
-    return normalise.message_id(headers.get("Message-ID"))
+    """The Message-ID of a regular file; None for anything else (a FIFO, a symlink)."""
+    try:
+        data = files.read_regular(path)
+    except OSError:
+        return None
+    return normalise.message_id(BytesHeaderParser(policy=policy.compat32).parsebytes(data).get("Message-ID"))
 
 
 @dataclass
