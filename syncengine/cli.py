@@ -834,10 +834,13 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
             _fail(f"--smtp: expected HOST:PORT, got {smtp!r}", 2)
         password = None
         if smtp_password_file is not None:
-            info = smtp_password_file.stat() if smtp_password_file.exists() else None
-            if info is None or info.st_mode & 0o077:
-                _fail(f"--smtp-password-file {smtp_password_file}: missing, or readable by others (chmod 600)", 2)
-            password = smtp_password_file.read_text().strip()
+            from . import files
+            try:
+                password = files.read_secret(smtp_password_file).decode()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None)
+                _fail(f"--smtp-password-file: {reason} ({smtp_password_file})" if reason else
+                      f"--smtp-password-file: {exc}", 2)
         relay = Smtp(host, int(port), "ssl" if use_ssl else "starttls" if starttls else "none", smtp_user, password)
     listener = client_mod.Client(where, f"{mailbox}/apply", [mailbox], curve=curve)
     applier = apply_mod.Applier(Layout(mailbox_dir, layout == "maildir"), relay,

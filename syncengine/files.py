@@ -149,6 +149,17 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
         os.close(handle)
 
 
+def read_secret(path: Path) -> bytes:
+    """A secret (a password, an API key) from a regular file only its owner can read,
+    stripped; OSError saying why not. The reason never quotes what the file holds."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise PermissionError(f"{path} can be read by others (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it")
+    return read_regular(path).strip()
+
+
 def shown(text: str, limit: int = 120) -> str:
     """Text from an input made safe to print: control characters escaped, long text cut."""
     safe = text.encode("unicode_escape", "backslashreplace").decode("ascii") if not text.isprintable() else text

@@ -4,8 +4,6 @@ values, http to a non-loopback host, a secret file others can read)."""
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,7 +11,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .. import formats, normalise
+from .. import files, formats, normalise
 
 
 class ConfigError(Exception):
@@ -122,10 +120,7 @@ def _loopback(host: str) -> bool:
 
 def _secret(path: Path, where: Path) -> bytes:
     try:
-        info = os.stat(path)
+        return files.read_secret(path)
     except OSError as exc:
-        raise ConfigError(f"{where}: [mimecast] secret file {path}: {exc.strerror or exc}") from None
-    if info.st_mode & 0o077 or not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{where}: [mimecast] secret file {path} can be read by others "
-                          f"(mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it")
-    return path.read_bytes().strip()
+        raise ConfigError(f"{where}: [mimecast] secret file: {exc.strerror or exc}"
+                          + (f" ({path})" if exc.strerror else "")) from None
