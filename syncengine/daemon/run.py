@@ -132,6 +132,7 @@ class Daemon:
         self.writes: queue.Queue[Task | None] = queue.Queue()
         self.indexing: queue.Queue[tuple[str, list[Path]] | None] = queue.Queue()
         self._queued_polls: set[str] = set()
+        self._applied: set[Path] = set()  # drop-folder entries known to be in the store
         self._lock = self._take_lock()
         db = store.connect(settings.db)  # the writer opens its own: connections stay in their thread
         with transaction(db.conn) as conn:
@@ -262,7 +263,8 @@ class Daemon:
         self.writes.put(self._directory)
 
     def _changed(self, paths: list[str]) -> None:
-        exports = set()
+        exports, drops = set(), set()
+        folder = self.settings.snapshot_folder
         for raw in paths:
             path = Path(raw)
             for address, configured in self.settings.mailboxes.items():
@@ -271,8 +273,11 @@ class Daemon:
                         exports.add(export)
             if path == self.settings.directory_file:
                 self.writes.put(self._directory)
-            if self.settings.snapshot_folder in path.parents:
-                self._drop_folder()
+            if folder in path.parents:  # the drop-folder entry this change belongs to
+                drops.add(folder / path.relative_to(folder).parts[0])
+        pending = self.changes.pending()
+        for path in sorted(drops):
+            self._drop(path, pending)
         self._queue_index(sorted(exports))
 
     def _queue_index(self, exports: list[Path]) -> None:
@@ -282,21 +287,24 @@ class Daemon:
                 self.indexing.put((address, mine))
 
     def _drop_folder(self) -> None:
-        """Each snapshot folder or .json file in the drop folder, applied once. Dot-names
-        are ignored: a writer builds under one and renames into place."""
+        """Every entry of the drop folder (the rescan: what the watcher may have missed)."""
         folder = self.settings.snapshot_folder
         try:
             names = sorted(os.listdir(folder))
         except OSError:
             return
+        pending = self.changes.pending()
         for name in names:
-            path = folder / name
-            if name.startswith(".") or not (path.is_dir() or name.endswith(".json")):
-                continue
-            pending = self.changes.pending()
-            if str(path) in pending or any(path in Path(p).parents for p in pending):
-                continue  # still changing: the scheduler comes back when it is quiet
-            self.writes.put(lambda p=path: self._snapshot(p))
+            self._drop(folder / name, pending)
+
+    def _drop(self, path: Path, pending: list[str]) -> None:
+        """A snapshot folder or .json file dropped here is applied once. Dot-names are
+        ignored: a writer builds under one and renames into place."""
+        if path.name.startswith(".") or path in self._applied or not (path.is_dir() or path.suffix == ".json"):
+            return
+        if str(path) in pending or any(path in Path(p).parents for p in pending):
+            return  # still changing: the scheduler comes back when it is quiet
+        self.writes.put(lambda: self._snapshot(path))
 
     # --- write tasks (the writer thread) ---------------------------------------------------------
 
@@ -344,6 +352,7 @@ class Daemon:
         except formats.FormatError as exc:
             log.error("%s", exc)
             return
+        self._applied.add(path)  # the rescan need not ask again (the writer adds, the scheduler reads)
         if result is None:
             return  # applied before, by us or by whoever saw it first
         log.info("applied snapshot %s: %d entries in %d page(s)", path, result.entries, result.pages)
