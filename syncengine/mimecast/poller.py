@@ -58,7 +58,7 @@ def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float) -
         start = row[0] - OVERLAP_SECONDS if row else now - settings.lookback_hours * 3600
         listed = list(api.pages("/api/archive/get-message-list", [{
             "mailbox": mailbox, "view": "INBOX", "start": _mimecast_time(start), "end": _mimecast_time(now)}]))
-        known = {r[0] for r in db.execute("SELECT id FROM mimecast_fetched WHERE mailbox = ?", (mailbox,))}
+        known = _fetched(db, mailbox, [item["id"] for item in listed if isinstance(item.get("id"), str)])
         new = [item for item in listed if isinstance(item.get("id"), str) and item["id"] not in known]
         new = list({item["id"]: item for item in new}.values())  # an id listed on two pages counts once
         result = Fetched(mailbox, now, [item["id"] for item in new])
@@ -66,6 +66,17 @@ def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float) -
             result.folder = _write(api, settings, mailbox, new, start, now, result)
         passes.append(result)
     return passes
+
+
+def _fetched(db: sqlite_utils.Database, mailbox: str, ids: list[str]) -> set[str]:
+    """Which of the listed ids were fetched before: asks about these, not every id ever seen."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found.update(r[0] for r in db.execute(
+            f"SELECT id FROM mimecast_fetched WHERE mailbox = ? AND id IN ({', '.join('?' * len(chunk))})",
+            (mailbox, *chunk)))
+    return found
 
 
 def _write(api: Api, settings: Mimecast, mailbox: str, new: list[dict], start: float, now: float,
