@@ -24,12 +24,12 @@ DEMO = FIXTURES / "scenarios" / "demo"
 class Relay:
     """An SMTP relay on loopback that keeps every message it accepts."""
 
-    def __init__(self):
+    def __init__(self, **options):
         self.messages: list[bytes] = []
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)  # e.g. auth
         self.controller.start()
 
     async def handle_DATA(self, server, session, envelope):
@@ -310,17 +310,7 @@ def test_smtp_login_comes_from_an_owner_only_password_file(tmp_path):
         logins.append(ok)
         return AuthResult(success=ok)
 
-    class Guarded(Relay):
-        def __init__(self):
-            self.messages = []
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                self.port = probe.getsockname()[1]
-            self.controller = Controller(self, hostname="127.0.0.1", port=self.port, authenticator=authenticator,
-                                         auth_required=True, auth_require_tls=False)
-            self.controller.start()
-
-    relay = Guarded()
+    relay = Relay(authenticator=authenticator, auth_required=True, auth_require_tls=False)
     try:
         mail, db = _setup(tmp_path, [])
         secret = tmp_path / "smtp-password"
