@@ -319,6 +319,19 @@ def _text(props, tag: int) -> str | None:
     return value.rstrip("\x00") if value else None
 
 
+def _named_text(props, tags: tuple[int, ...]) -> str | None:
+    """libpff resolves ids of 0x8000 and up through the store's name-to-id map and then
+    no longer finds them by number: walk the entries and match the raw id instead."""
+    for entry in props.entries:
+        if entry.entry_type in tags:
+            try:
+                value = entry.data_as_string
+            except (OSError, IOError):
+                return None
+            return value.rstrip("\x00") if value else None
+    return None
+
+
 def _record(item, folder: str, role: str, named_delivery: tuple[int, ...]) -> Record:
     props = item.get_record_set(0)
     transport = _text(props, PR_TRANSPORT_HEADERS)
@@ -340,8 +353,8 @@ def _record(item, folder: str, role: str, named_delivery: tuple[int, ...]) -> Re
         submit_ts = normalise.header_date(headers.first(picked, "date"))
 
     delivery = headers.first(picked, DELIVERY_HEADER)
-    for tag in named_delivery:
-        delivery = delivery or _text(props, tag)
+    if delivery is None and named_delivery:
+        delivery = _named_text(props, named_delivery)
 
     return Record(
         locator=str(item.identifier),

@@ -1,0 +1,357 @@
+"""MS-PST lists, tables and properties layer: heap-on-node, BTH, PC and TC.
+
+A heap (HN) is a node's data cut into pages of at most 8,176 bytes, each a block of the
+node's data tree; allocations are addressed by HID (page, index). Property contexts (PC)
+and table contexts (TC) are BTHs in a heap. Values that do not fit a heap allocation
+(over 3,580 bytes) go to a subnode of the same node. A table's rows go to a subnode as
+soon as they outgrow one allocation; large tables (a folder's contents) are streamed:
+full heap pages and full row blocks are written as they fill.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .ndb import BLOCK_DATA, FileWriter
+
+HN_SIG = 0xEC
+CLIENT_TC, CLIENT_BTH, CLIENT_PC = 0x7C, 0xB5, 0xBC
+ALLOC_MAX = 3580
+ALLOCS_PER_PAGE = 2047  # hidIndex has 11 bits
+
+# Property types (MS-OXCDATA 2.11.1).
+PT_SHORT, PT_LONG, PT_BOOLEAN, PT_I8 = 0x0002, 0x0003, 0x000B, 0x0014
+PT_UNICODE, PT_SYSTIME, PT_BINARY, PT_MV_BINARY = 0x001F, 0x0040, 0x0102, 0x1102
+FIXED = {PT_SHORT: 2, PT_LONG: 4, PT_BOOLEAN: 1, PT_I8: 8, PT_SYSTIME: 8}
+INLINE = {PT_SHORT, PT_LONG, PT_BOOLEAN}  # held in a PC record's 4 bytes
+
+NID_TYPE_LTP = 0x1F
+FILETIME_EPOCH = 116444736000000000
+
+
+def filetime(when: datetime | int) -> int:
+    """100 ns ticks since 1601 from an aware datetime or unix seconds."""
+    seconds = when.astimezone(timezone.utc).timestamp() if isinstance(when, datetime) else when
+    return int(seconds * 10_000_000) + FILETIME_EPOCH
+
+
+def encode(kind: int, value) -> bytes:
+    """A property value's bytes as the PC/TC stores them (strings UTF-16LE, no terminator)."""
+    if kind == PT_UNICODE:
+        return value.encode("utf-16-le")
+    if kind == PT_BINARY:
+        return bytes(value)
+    if kind == PT_MV_BINARY:
+        offsets, data, at = [], b"", 4 + 4 * len(value)
+        for item in value:
+            offsets.append(at + len(data))
+            data += item
+        return struct.pack(f"<I{len(value)}I", len(value), *offsets) + data
+    if kind in (PT_SYSTIME, PT_I8):
+        return struct.pack("<q", filetime(value) if kind == PT_SYSTIME else value)
+    if kind == PT_LONG:
+        return struct.pack("<i" if value < 0 else "<I", value)
+    if kind == PT_SHORT:
+        return struct.pack("<h", value)
+    if kind == PT_BOOLEAN:
+        return b"\x01" if value else b"\x00"
+    raise ValueError(f"property type 0x{kind:04x} is not written")
+
+
+def _fill_level(free: int) -> int:
+    for level, floor in enumerate((3584, 2560, 2048, 1792, 1536, 1280, 1024, 768, 512, 256, 128, 64, 32, 16, 8)):
+        if free >= floor:
+            return level
+    return 15
+
+
+@dataclass
+class _Page:
+    index: int
+    header: int                      # bytes before the first allocation
+    allocations: list[bytes] = field(default_factory=list)
+    used: int = 0
+
+    def room(self) -> int:
+        map_size = 5 + 2 * (len(self.allocations) + 2)  # with the next allocation and a pad byte
+        return BLOCK_DATA - self.header - self.used - map_size
+
+    def fits(self, size: int) -> bool:
+        return len(self.allocations) < ALLOCS_PER_PAGE and self.room() >= size
+
+    def free(self) -> int:
+        return max(0, self.room())
+
+
+class Heap:
+    """An HN being built. With `ndb`, full pages are written as blocks as soon as no
+    later allocation can change them (streamed tables); otherwise all stay in memory."""
+
+    def __init__(self, client: int, ndb: FileWriter | None = None):
+        self.client = client
+        self.ndb = ndb
+        self.pages: dict[int, _Page] = {0: _Page(0, 12)}
+        self.current = self.pages[0]
+        self.written: dict[int, tuple[int, int]] = {}   # page index -> (bid, size)
+        self.fill: dict[int, int] = {}
+
+    @staticmethod
+    def _header_size(index: int) -> int:
+        if index == 0:
+            return 12                     # HNHDR
+        return 66 if (index - 8) % 128 == 0 and index >= 8 else 2  # HNBITMAPHDR or HNPAGEHDR
+
+    def allocate(self, data: bytes) -> int:
+        if len(data) > ALLOC_MAX:
+            raise ValueError(f"a heap allocation holds at most {ALLOC_MAX} bytes")
+        if not self.current.fits(len(data)):
+            self._next_page()
+        page = self.current
+        page.allocations.append(data)
+        page.used += len(data)
+        return (page.index << 16) | (len(page.allocations) << 5)
+
+    def _next_page(self) -> None:
+        index = self.current.index + 1
+        if index > 0xFFFF:
+            raise ValueError("a heap holds at most 65,536 pages")
+        previous = self.current
+        self.fill[previous.index] = _fill_level(previous.free())
+        self.current = self.pages[index] = _Page(index, self._header_size(index))
+        if self.ndb is not None:
+            self._write_settled(previous.index)
+
+    def _write_settled(self, index: int) -> None:
+        """Write pages whose bytes are final: not page 0 (its header names the root, known
+        last) and not a bitmap page until the pages it describes are full."""
+        for number in sorted(self.pages):
+            if number == 0 or number >= self.current.index:
+                continue
+            if number >= 8 and (number - 8) % 128 == 0 and self.current.index < number + 128:
+                continue
+            page = self.pages.pop(number)
+            data = self._page_bytes(page, 0)
+            self.written[number] = (self.ndb.write_block(data), len(data))
+
+    def _page_bytes(self, page: _Page, root: int) -> bytes:
+        body = b"".join(page.allocations)
+        start = page.header
+        offsets, at = [], start
+        for allocation in page.allocations:
+            offsets.append(at)
+            at += len(allocation)
+        offsets.append(at)
+        map_at = at + (at & 1)
+        page_map = struct.pack(f"<HH{len(offsets)}H", len(page.allocations), 0, *offsets)
+        if page.index == 0:
+            levels = [self.fill.get(i, _fill_level(page.free()) if i == 0 else 0) for i in range(8)]
+            head = struct.pack("<HBBI", map_at, HN_SIG, self.client, root) + _nibbles(levels, 4)
+        elif page.header == 66:
+            levels = [self.fill.get(i, 0) for i in range(page.index, page.index + 128)]
+            head = struct.pack("<H", map_at) + _nibbles(levels, 64)
+        else:
+            head = struct.pack("<H", map_at)
+        return head + body + (b"\0" if at & 1 else b"") + page_map
+
+    def pages_bytes(self, root: int) -> list[bytes]:
+        """Every page still held, in order (a heap built without `ndb`)."""
+        self.fill[self.current.index] = _fill_level(self.current.free())
+        return [self._page_bytes(self.pages[i], root) for i in sorted(self.pages)]
+
+    def write(self, ndb: FileWriter, root: int) -> int:
+        """Write the heap as the node's data and return its BID."""
+        self.fill[self.current.index] = _fill_level(self.current.free())
+        for number in sorted(self.pages):
+            data = self._page_bytes(self.pages[number], root)
+            self.written[number] = (ndb.write_block(data), len(data))
+        self.pages = {}
+        order = sorted(self.written)
+        bids = [self.written[i][0] for i in order]
+        sizes = [self.written[i][1] for i in order]
+        return ndb.write_tree(bids, sum(sizes), sizes)
+
+
+def _nibbles(levels: list[int], size: int) -> bytes:
+    out = bytearray(size)
+    for i, level in enumerate(levels[: size * 2]):
+        out[i // 2] |= (level & 0xF) << (4 * (i % 2))
+    return bytes(out)
+
+
+def bth(heap: Heap, key_size: int, data_size: int, records: list[bytes]) -> int:
+    """A BTH over sorted packed records (key then data); returns its header's HID."""
+    leaves = []
+    per = ALLOC_MAX // (key_size + data_size)
+    for start in range(0, len(records), per):
+        chunk = records[start:start + per]
+        leaves.append((chunk[0][:key_size], heap.allocate(b"".join(chunk))))
+    return bth_from_leaves(heap, key_size, data_size, leaves)
+
+
+def bth_from_leaves(heap: Heap, key_size: int, data_size: int, leaves: list[tuple[bytes, int]]) -> int:
+    """The index levels and header of a BTH whose leaves are already allocated."""
+    levels, nodes = 0, leaves
+    per = ALLOC_MAX // (key_size + 4)
+    while len(nodes) > 1:
+        upper = []
+        for start in range(0, len(nodes), per):
+            chunk = nodes[start:start + per]
+            upper.append((chunk[0][0], heap.allocate(b"".join(key + struct.pack("<I", hid) for key, hid in chunk))))
+        nodes, levels = upper, levels + 1
+    root = nodes[0][1] if nodes else 0
+    return heap.allocate(struct.pack("<BBBBI", CLIENT_BTH, key_size, data_size, levels, root))
+
+
+class Subnodes:
+    """The subnodes of one node as they are written: (nid, bidData, bidSub)."""
+
+    def __init__(self, ndb: FileWriter):
+        self.ndb = ndb
+        self.entries: list[tuple[int, int, int]] = []
+        self.next_index = 0x400
+
+    def add(self, data: bytes | None = None, nid_type: int = NID_TYPE_LTP, *, nid: int | None = None,
+            bid: int = 0, sub: int = 0) -> int:
+        if nid is None:
+            nid = (self.next_index << 5) | nid_type
+            self.next_index += 1
+        if data is not None:
+            bid = self.ndb.write_data(data)
+        self.entries.append((nid, bid, sub))
+        return nid
+
+    def write(self) -> int:
+        return self.ndb.write_subnodes(self.entries)
+
+
+def _value_ref(heap: Heap, subnodes: Subnodes, data: bytes) -> int:
+    """HNID of a variable-size value: 0 when empty, a HID, or a subnode's NID."""
+    if not data:
+        return 0
+    if len(data) <= ALLOC_MAX:
+        return heap.allocate(data)
+    return subnodes.add(data)
+
+
+Prop = tuple[int, int, object]  # (property id, type, value)
+
+
+def property_context(ndb: FileWriter, props: list[Prop], subnodes: Subnodes | None = None) -> tuple[int, int]:
+    """Write a PC node's data and subnodes; returns (bidData, bidSub)."""
+    subnodes = subnodes or Subnodes(ndb)
+    heap = Heap(CLIENT_PC)
+    records = []
+    for prop_id, kind, value in sorted(props, key=lambda p: p[0]):
+        data = encode(kind, value)
+        if kind in INLINE:
+            ref = struct.unpack("<I", data.ljust(4, b"\0"))[0]
+        else:
+            ref = _value_ref(heap, subnodes, data)
+        records.append(struct.pack("<HHI", prop_id, kind, ref))
+    root = bth(heap, 2, 6, records)
+    return heap.write(ndb, root), subnodes.write()
+
+
+@dataclass(frozen=True)
+class Column:
+    prop_id: int
+    kind: int
+
+
+ROW_ID, ROW_VERSION = Column(0x67F2, PT_LONG), Column(0x67F3, PT_LONG)
+
+
+class Table:
+    """A TC built row by row. With `stream=True` its heap pages and row blocks go to the
+    file as they fill, so a folder's contents table of any size holds little memory."""
+
+    def __init__(self, ndb: FileWriter, columns: list[Column], stream: bool = False):
+        self.ndb = ndb
+        cols = [ROW_ID, ROW_VERSION] + [c for c in columns if c not in (ROW_ID, ROW_VERSION)]
+        self.columns = sorted(cols, key=lambda c: c.prop_id)
+        # Row layout: 8- and 4-byte cells, then 2-byte, then 1-byte, then the existence bitmap;
+        # the row id and version come first as the format requires.
+        width = {c: FIXED.get(c.kind, 4) for c in self.columns}
+        order = [ROW_ID, ROW_VERSION] + [c for size in (8, 4, 2, 1) for c in self.columns
+                                         if width[c] == size and c not in (ROW_ID, ROW_VERSION)]
+        self.offsets, at, ends = {}, 0, []
+        for size in (4, 2, 1):
+            for column in order:
+                if (width[column] >= 4 if size == 4 else width[column] == size):
+                    if column not in self.offsets:
+                        self.offsets[column] = at
+                        at += width[column]
+            ends.append(at)
+        self.bits = {column: bit for bit, column in enumerate(order)}  # row id is bit 0, version 1
+        self.bitmap_at = at
+        self.row_size = at + (len(self.columns) + 7) // 8
+        self.ends = ends + [self.row_size]
+        self.width = width
+        self.heap = Heap(CLIENT_TC, ndb if stream else None)
+        self.subnodes = Subnodes(ndb)
+        self.rows_per_block = BLOCK_DATA // self.row_size
+        self.block = bytearray()
+        self.row_bids: list[int] = []
+        self.rows_written = 0
+        self.index_records: list[bytes] = []
+        self.index_leaves: list[tuple[bytes, int]] = []
+        self.count = 0
+        self.stream = stream
+
+    def add(self, row_id: int, values: dict[int, tuple[int, object]] | list[Prop]) -> None:
+        """A row: `values` maps property id to (type, value); absent cells stay unset."""
+        if isinstance(values, list):
+            values = {prop_id: (kind, value) for prop_id, kind, value in values}
+        row = bytearray(self.row_size)
+        values = {**values, ROW_ID.prop_id: (PT_LONG, row_id), ROW_VERSION.prop_id: (PT_LONG, 0)}
+        for column in self.columns:
+            cell = values.get(column.prop_id)
+            if cell is None or cell[1] is None:
+                continue
+            data = encode(column.kind, cell[1])
+            if column.kind not in FIXED:
+                data = struct.pack("<I", _value_ref(self.heap, self.subnodes, data))
+            at = self.offsets[column]
+            row[at:at + len(data)] = data
+            bit = self.bits[column]
+            row[self.bitmap_at + bit // 8] |= 0x80 >> (bit % 8)
+        self.block += row
+        self.index_records.append(struct.pack("<II", row_id, self.count))
+        self.count += 1
+        if self.stream and len(self.block) >= self.rows_per_block * self.row_size:
+            self.row_bids.append(self.ndb.write_block(bytes(self.block)))
+            self.rows_written += self.rows_per_block
+            self.block = bytearray()
+        per = ALLOC_MAX // 8
+        if self.stream and len(self.index_records) == per:
+            self.index_leaves.append((self.index_records[0][:4], self.heap.allocate(b"".join(self.index_records))))
+            self.index_records = []
+
+    def write(self) -> tuple[int, int]:
+        """(bidData, bidSub) of the finished table. Row ids must have been added in order."""
+        per = ALLOC_MAX // 8
+        for start in range(0, len(self.index_records), per):
+            chunk = self.index_records[start:start + per]
+            self.index_leaves.append((chunk[0][:4], self.heap.allocate(b"".join(chunk))))
+        index = bth_from_leaves(self.heap, 4, 4, self.index_leaves)
+        rows_size = self.count * self.row_size
+        if not self.count:
+            rows = 0
+        elif rows_size <= ALLOC_MAX and not self.row_bids:
+            rows = self.heap.allocate(bytes(self.block))
+        else:
+            blocks = [bytes(self.block[i:i + self.rows_per_block * self.row_size])
+                      for i in range(0, len(self.block), self.rows_per_block * self.row_size)]
+            bids = self.row_bids + [self.ndb.write_block(b) for b in blocks]
+            sizes = [self.rows_per_block * self.row_size] * (len(bids) - 1)
+            sizes.append(rows_size - sum(sizes))
+            rows = self.subnodes.add(bid=self.ndb.write_tree(bids, rows_size, sizes))
+        info = struct.pack("<BB4HIII", CLIENT_TC, len(self.columns), *self.ends, index, rows, 0)
+        for column in self.columns:
+            info += struct.pack("<IHBB", (column.prop_id << 16) | column.kind, self.offsets[column],
+                                self.width[column], self.bits[column])
+        root = self.heap.allocate(info)
+        return self.heap.write(self.ndb, root), self.subnodes.write()
+
