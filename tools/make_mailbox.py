@@ -7,9 +7,10 @@ tail of small custom folders, nested ones), with threads (Re:/Fwd: subjects), me
 without a Message-ID, one id stamped on several messages by an application, calendar
 requests, send-to-self copies in Inbox and Sent Items, and a few large messages.
 
-OUT/ holds the mailbox; OUT.truth.json maps each file's locator (as `syncengine index`
-names it) to the fields the index must recover (tools/make_fixtures.py `expected`).
-`--format pst` waits for the PST writer (issue 12) and is refused.
+OUT/ holds the mailbox (for `--format pst`, OUT is the .pst file itself); OUT.truth.json
+maps each message's locator (as `syncengine index` names it: a path, or a PST node id) to
+the fields the index must recover (tools/make_fixtures.py `expected`). In a PST the large
+messages carry a 2 MB attachment; calendar requests are IPM.Schedule.Meeting.Request items.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_fixtures import ICS_REQUEST, Spec, email_message, expected, write_message  # noqa: E402
+
+from syncengine.pst.writer import Attachment, Message, PstWriter  # noqa: E402
 
 OWNER = "alice@acme.example"
 PEOPLE = [f"{name}@{domain}" for name in ("bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan")
@@ -77,6 +80,8 @@ def specs(count: int, seed: int, suffix: str) -> list[tuple[Spec, bool]]:
 
 
 def write(made: list[tuple[Spec, bool]], out: Path, fmt: str) -> dict:
+    if fmt == "pst":
+        return write_pst(made, out)
     if out.exists():
         shutil.rmtree(out)
     truth = {}
@@ -98,6 +103,31 @@ def write(made: list[tuple[Spec, bool]], out: Path, fmt: str) -> dict:
     return truth
 
 
+def pst_message(spec: Spec, large: bool) -> Message:
+    """The message as Outlook keeps a received one: MAPI properties plus its header block."""
+    email = email_message(spec)
+    header_block = bytes(email).split(b"\n\n", 1)[0].decode().replace("\n", "\r\n") + "\r\n\r\n"
+    when = int(datetime.fromisoformat(spec.date.replace("Z", "+00:00")).timestamp()) if spec.date else None
+    return Message(subject=spec.subject, sender=spec.sender, to=list(spec.to), cc=list(spec.cc),
+                   message_id=spec.message_id, submit_time=when, headers=header_block,
+                   body="Hello.\n" if not spec.calendar else "See the invitation.\n",
+                   message_class=spec.message_class,
+                   attachments=[Attachment("scan.pdf", b"%PDF-1.4\n" + b"A" * 2_000_000, "application/pdf")]
+                   if large else [])
+
+
+def write_pst(made: list[tuple[Spec, bool]], out: Path, progress: bool = True) -> dict:
+    truth = {}
+    with PstWriter(out, "Generated mailbox") as pst:
+        for number, (spec, large) in enumerate(made, 1):
+            folder = spec.path.rsplit("/", 1)[0]
+            nid = pst.add(folder, pst_message(spec, large))
+            truth[str(nid)] = {**expected(spec), "folder": folder}
+            if progress and number % 50_000 == 0:
+                print(f"  {number:,} of {len(made):,} messages written", file=sys.stderr)
+    return truth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
@@ -105,9 +135,7 @@ def main() -> None:
     parser.add_argument("--format", choices=["eml", "msg", "maildir", "pst"], default="eml")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    if args.format == "pst":
-        sys.exit("make_mailbox: --format pst needs the PST writer, which is not built yet (issue 12)")
-    made = specs(args.messages, args.seed, ".msg" if args.format == "msg" else ".eml" if args.format == "eml" else "")
+    made = specs(args.messages, args.seed, {"msg": ".msg", "eml": ".eml"}.get(args.format, ""))
     truth = write(made, args.out, args.format)
     Path(f"{args.out}.truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(truth)} messages ({args.format}) under {args.out}, ground truth in {args.out}.truth.json")
