@@ -141,6 +141,47 @@ def forget(export: Path, db: Path) -> None:
     click.echo(f"forgot {export}: {dropped} source file(s) and their messages dropped")
 
 
+@cli.command("export-pst")
+@DB_OPTION
+@click.option("--event", required=True, help="The event whose deliveries to export (its name).")
+@click.option("--mailbox", help="The mailbox to export; needed only when the event delivered to several.")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def export_pst(db: Path, event: str, mailbox: str | None, out: Path) -> None:
+    """Write the messages continuity delivered in EVENT as a PST file, OUT.
+
+    Outlook imports it (File > Open & Export > Import/Export > "Import from another
+    program or file"), as do readpst and pffexport. Each message is the copy Mimecast
+    held: its original headers, body and attachments, in the folder it was delivered to,
+    tagged `X-Syncengine-Delivery: <event>/<seq>` so an index of the imported mailbox
+    knows it for continuity's own. A delivery whose stored copy is gone is still
+    exported from the delta's subject and Message-ID, and listed as a warning.
+
+    \b
+        syncengine export-pst --db store.db --event outage-1 recovered.pst
+        syncengine export-pst --db store.db --event outage-1 --mailbox bob@acme.example bob.pst
+
+    The file appears only when complete; exit 3 if any delivery was exported from its
+    delta alone, 4 if the event or mailbox is not in the store.
+    """
+    from .pst import export
+
+    database = open_store(db, create=False)
+    if out.exists() and not out.is_file():
+        _fail(f"{out} exists and is not a file")
+    show = sys.stderr.isatty()
+    try:
+        with _Progress(show) as bar:
+            summary = export.export_event(database.conn, event, out, mailbox,
+                                          progress=bar.step if show else None)
+    except export.ExportError as exc:
+        _fail(str(exc))
+    for where, reason in summary.problems:
+        click.echo(printable(f"warning: {where}: {reason}"), err=True)
+    click.echo(printable(f"wrote {summary.messages} message(s) delivered to {summary.mailbox or '(none)'} "
+                         f"in {event} to {out}"))
+    sys.exit(EXIT_SOME_FAILED if summary.problems else EXIT_OK)
+
+
 class _Progress:
     """A rich progress bar on a terminal; nothing otherwise."""
 
@@ -160,6 +201,12 @@ class _Progress:
     def start(self, tasks: list) -> None:
         if self._bar is not None:
             self._task = self._bar.add_task("indexing", total=indexing.count_messages(tasks))
+
+    def step(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            if self._task is None:
+                self._task = self._bar.add_task("exporting", total=total)
+            self._bar.update(self._task, completed=done)
 
     def advance(self, count: int) -> None:
         if self._bar is not None and self._task is not None:
