@@ -11,7 +11,8 @@ full heap pages and full row blocks are written as they fill.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 
 from .ndb import BLOCK_DATA, FileWriter
@@ -67,22 +68,20 @@ def _fill_level(free: int) -> int:
     return 15
 
 
-@dataclass
 class _Page:
-    index: int
-    header: int                      # bytes before the first allocation
-    allocations: list[bytes] = field(default_factory=list)
-    used: int = 0
+    """One heap page being filled: `room` is what one more allocation may use, after the
+    page map grows by its offset (2 bytes) and a possible pad byte."""
 
-    def room(self) -> int:
-        map_size = 5 + 2 * (len(self.allocations) + 2)  # with the next allocation and a pad byte
-        return BLOCK_DATA - self.header - self.used - map_size
+    __slots__ = ("index", "header", "allocations", "room")
 
-    def fits(self, size: int) -> bool:
-        return len(self.allocations) < ALLOCS_PER_PAGE and self.room() >= size
+    def __init__(self, index: int, header: int):
+        self.index = index
+        self.header = header                      # bytes before the first allocation
+        self.allocations: list[bytes] = []
+        self.room = BLOCK_DATA - header - 4 - 2 - 1   # cAlloc, cFree, the closing offset, pad
 
     def free(self) -> int:
-        return max(0, self.room())
+        return max(0, self.room)
 
 
 class Heap:
@@ -104,13 +103,15 @@ class Heap:
         return 66 if (index - 8) % 128 == 0 and index >= 8 else 2  # HNBITMAPHDR or HNPAGEHDR
 
     def allocate(self, data: bytes) -> int:
-        if len(data) > ALLOC_MAX:
-            raise ValueError(f"a heap allocation holds at most {ALLOC_MAX} bytes")
-        if not self.current.fits(len(data)):
-            self._next_page()
+        size = len(data) + 2
         page = self.current
+        if size > page.room or len(page.allocations) >= ALLOCS_PER_PAGE:
+            if size > ALLOC_MAX + 2:
+                raise ValueError(f"a heap allocation holds at most {ALLOC_MAX} bytes")
+            self._next_page()
+            page = self.current
         page.allocations.append(data)
-        page.used += len(data)
+        page.room -= size
         return (page.index << 16) | (len(page.allocations) << 5)
 
     def _next_page(self) -> None:
@@ -263,71 +264,87 @@ class Column:
 ROW_ID, ROW_VERSION = Column(0x67F2, PT_LONG), Column(0x67F3, PT_LONG)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where each column lives in a row (MS-PST 2.3.4.1): 8- and 4-byte cells first, the
+    row id and version leading, then 2-byte, then 1-byte cells, then the cell existence
+    bitmap, whose bit 0 is the row id. `cells` is in TCOLDESC order (by property tag)."""
+
+    cells: tuple[tuple[int, int, int, int, int], ...]    # (prop_id, kind, offset, width, bit)
+    ends: tuple[int, int, int, int]                      # rgib: TCI_4b, TCI_2b, TCI_1b, TCI_bm
+    bitmap_at: int
+    row_size: int
+
+
+@lru_cache(maxsize=None)
+def _layout(columns: tuple[Column, ...]) -> _Layout:
+    cols = sorted({ROW_ID, ROW_VERSION, *columns}, key=lambda c: c.prop_id)
+    width = {c: FIXED.get(c.kind, 4) for c in cols}
+    order = [ROW_ID, ROW_VERSION] + [c for size in (8, 4, 2, 1) for c in cols
+                                     if width[c] == size and c not in (ROW_ID, ROW_VERSION)]
+    offsets, at, ends = {}, 0, []
+    for group in ((8, 4), (2,), (1,)):
+        for column in order:
+            if width[column] in group:
+                offsets[column] = at
+                at += width[column]
+        ends.append(at)
+    bits = {column: bit for bit, column in enumerate(order)}
+    row_size = at + (len(cols) + 7) // 8
+    cells = tuple((c.prop_id, c.kind, offsets[c], width[c], bits[c]) for c in cols)
+    return _Layout(cells, (*ends, row_size), at, row_size)
+
+
 class Table:
     """A TC built row by row. With `stream=True` its heap pages and row blocks go to the
     file as they fill, so a folder's contents table of any size holds little memory."""
 
     def __init__(self, ndb: FileWriter, columns: list[Column], stream: bool = False):
         self.ndb = ndb
-        cols = [ROW_ID, ROW_VERSION] + [c for c in columns if c not in (ROW_ID, ROW_VERSION)]
-        self.columns = sorted(cols, key=lambda c: c.prop_id)
-        # Row layout: 8- and 4-byte cells, then 2-byte, then 1-byte, then the existence bitmap;
-        # the row id and version come first as the format requires.
-        width = {c: FIXED.get(c.kind, 4) for c in self.columns}
-        order = [ROW_ID, ROW_VERSION] + [c for size in (8, 4, 2, 1) for c in self.columns
-                                         if width[c] == size and c not in (ROW_ID, ROW_VERSION)]
-        self.offsets, at, ends = {}, 0, []
-        for size in (4, 2, 1):
-            for column in order:
-                if (width[column] >= 4 if size == 4 else width[column] == size):
-                    if column not in self.offsets:
-                        self.offsets[column] = at
-                        at += width[column]
-            ends.append(at)
-        self.bits = {column: bit for bit, column in enumerate(order)}  # row id is bit 0, version 1
-        self.bitmap_at = at
-        self.row_size = at + (len(self.columns) + 7) // 8
-        self.ends = ends + [self.row_size]
-        self.width = width
+        self.layout = _layout(tuple(columns))
+        self.row_size = self.layout.row_size
         self.heap = Heap(CLIENT_TC, ndb if stream else None)
         self.subnodes = Subnodes(ndb)
         self.rows_per_block = BLOCK_DATA // self.row_size
         self.block = bytearray()
         self.row_bids: list[int] = []
-        self.rows_written = 0
         self.index_records: list[bytes] = []
         self.index_leaves: list[tuple[bytes, int]] = []
         self.count = 0
         self.stream = stream
 
     def add(self, row_id: int, values: dict[int, tuple[int, object]] | list[Prop]) -> None:
-        """A row: `values` maps property id to (type, value); absent cells stay unset."""
+        """A row: `values` maps property id to (type, value); absent cells stay unset.
+        Row ids must come in increasing order (they key the row index BTH)."""
         if isinstance(values, list):
             values = {prop_id: (kind, value) for prop_id, kind, value in values}
-        row = bytearray(self.row_size)
-        values = {**values, ROW_ID.prop_id: (PT_LONG, row_id), ROW_VERSION.prop_id: (PT_LONG, 0)}
-        for column in self.columns:
-            cell = values.get(column.prop_id)
-            if cell is None or cell[1] is None:
-                continue
-            data = encode(column.kind, cell[1])
-            if column.kind not in FIXED:
-                data = struct.pack("<I", _value_ref(self.heap, self.subnodes, data))
-            at = self.offsets[column]
-            row[at:at + len(data)] = data
-            bit = self.bits[column]
-            row[self.bitmap_at + bit // 8] |= 0x80 >> (bit % 8)
+        layout = self.layout
+        row = bytearray(layout.row_size)
+        bitmap_at = layout.bitmap_at
+        for prop_id, kind, at, width, bit in layout.cells:
+            if prop_id == 0x67F2:
+                data = struct.pack("<I", row_id)
+            elif prop_id == 0x67F3:
+                data = b"\0\0\0\0"
+            else:
+                cell = values.get(prop_id)
+                if cell is None or cell[1] is None:
+                    continue
+                data = encode(kind, cell[1])
+                if kind not in FIXED:
+                    data = struct.pack("<I", _value_ref(self.heap, self.subnodes, data))
+            row[at:at + width] = data
+            row[bitmap_at + (bit >> 3)] |= 0x80 >> (bit & 7)
         self.block += row
         self.index_records.append(struct.pack("<II", row_id, self.count))
         self.count += 1
-        if self.stream and len(self.block) >= self.rows_per_block * self.row_size:
-            self.row_bids.append(self.ndb.write_block(bytes(self.block)))
-            self.rows_written += self.rows_per_block
-            self.block = bytearray()
-        per = ALLOC_MAX // 8
-        if self.stream and len(self.index_records) == per:
-            self.index_leaves.append((self.index_records[0][:4], self.heap.allocate(b"".join(self.index_records))))
-            self.index_records = []
+        if self.stream:
+            if len(self.block) >= self.rows_per_block * self.row_size:
+                self.row_bids.append(self.ndb.write_block(bytes(self.block)))
+                self.block = bytearray()
+            if len(self.index_records) == ALLOC_MAX // 8:
+                self.index_leaves.append((self.index_records[0][:4], self.heap.allocate(b"".join(self.index_records))))
+                self.index_records = []
 
     def write(self) -> tuple[int, int]:
         """(bidData, bidSub) of the finished table. Row ids must have been added in order."""
@@ -348,10 +365,10 @@ class Table:
             sizes = [self.rows_per_block * self.row_size] * (len(bids) - 1)
             sizes.append(rows_size - sum(sizes))
             rows = self.subnodes.add(bid=self.ndb.write_tree(bids, rows_size, sizes))
-        info = struct.pack("<BB4HIII", CLIENT_TC, len(self.columns), *self.ends, index, rows, 0)
-        for column in self.columns:
-            info += struct.pack("<IHBB", (column.prop_id << 16) | column.kind, self.offsets[column],
-                                self.width[column], self.bits[column])
+        layout = self.layout
+        info = struct.pack("<BB4HIII", CLIENT_TC, len(layout.cells), *layout.ends, index, rows, 0)
+        for prop_id, kind, at, width, bit in layout.cells:
+            info += struct.pack("<IHBB", (prop_id << 16) | kind, at, width, bit)
         root = self.heap.allocate(info)
         return self.heap.write(self.ndb, root), self.subnodes.write()
 
