@@ -122,9 +122,9 @@ class Heap:
         self.fill[previous.index] = _fill_level(previous.free())
         self.current = self.pages[index] = _Page(index, self._header_size(index))
         if self.ndb is not None:
-            self._write_settled(previous.index)
+            self._write_settled()
 
-    def _write_settled(self, index: int) -> None:
+    def _write_settled(self) -> None:
         """Write pages whose bytes are final: not page 0 (its header names the root, known
         last) and not a bitmap page until the pages it describes are full."""
         for number in sorted(self.pages):
@@ -155,11 +155,6 @@ class Heap:
         else:
             head = struct.pack("<H", map_at)
         return head + body + (b"\0" if at & 1 else b"") + page_map
-
-    def pages_bytes(self, root: int) -> list[bytes]:
-        """Every page still held, in order (a heap built without `ndb`)."""
-        self.fill[self.current.index] = _fill_level(self.current.free())
-        return [self._page_bytes(self.pages[i], root) for i in sorted(self.pages)]
 
     def write(self, ndb: FileWriter, root: int) -> int:
         """Write the heap as the node's data and return its BID."""
