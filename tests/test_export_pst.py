@@ -48,7 +48,7 @@ def test_readpst_opens_the_export(replayed, tmp_path):
     out = tmp_path / "recovered.pst"
     run_cli("export-pst", "--db", str(replayed), "--event", "outage", str(out), check=True)
     (tmp_path / "mbox").mkdir()
-    run = subprocess.run(["readpst", "-M", "-o", str(tmp_path / "mbox"), str(out)], capture_output=True, text=True)
+    run = subprocess.run(["readpst", "-j", "0", "-M", "-o", str(tmp_path / "mbox"), str(out)], capture_output=True, text=True)
     assert run.returncode == 0 and run.stderr == ""
     texts = [p.read_text(errors="replace") for p in (tmp_path / "mbox").rglob("*") if p.is_file()]
     assert len(texts) == 5 and all("X-Syncengine-Delivery: outage/" in t for t in texts)
