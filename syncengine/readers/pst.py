@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pypff
 
+from collections import Counter
+
 from .. import folders, headers, normalise
 from ..record import ReadError, Record, SourceResult
-from . import mapi
+from . import mapi, pst_items, pst_nodes
 
 DELIVERY_HEADER = "x-syncengine-delivery"
 
@@ -393,3 +395,111 @@ def _recipients(item, picked: dict[str, list[str]]) -> list[str]:
         if norm:
             found.append(norm)
     return found
+
+
+# -- reading chosen items by node id (incremental re-index) ------------------------------
+
+NID_MESSAGE_STORE, NID_NAME_TO_ID_MAP, NID_ROOT_FOLDER = 0x21, 0x61, 0x122
+NID_RECIPIENT_TABLE = 0x692
+FOLDER_TYPES = (0x02, 0x03)
+
+
+class _DirectObject:
+    """A folder, the store object or the name map as pypff offers them (a name and one
+    record set), read on first use."""
+
+    number_of_record_sets = 1
+
+    def __init__(self, store: pst_items.Store, nid: int, data: int, sub: int):
+        self.identifier, self._store, self._where, self._props = nid, store, (data, sub), None
+
+    def get_record_set(self, index: int) -> pst_items.Props:
+        if self._props is None:
+            self._props = self._store.properties(*self._where)
+        return self._props
+
+    @property
+    def name(self) -> str:
+        entry = self.get_record_set(0).get_entry_by_type(0x3001)
+        return entry.data_as_string.rstrip("\x00") if entry is not None else ""
+
+
+class _DirectItem(_DirectObject):
+    @property
+    def recipients(self):
+        subnodes = self._store.subnodes(self._where[1])
+        table = subnodes.get(NID_RECIPIENT_TABLE)
+        return _Rows(self._store.table(*table) if table else [])
+
+
+@dataclass
+class _Rows:
+    record_sets: list
+
+
+@dataclass
+class _DirectView:
+    root_folder: _DirectObject
+    message_store: _DirectObject | None
+    name_to_id_map: _DirectObject | None
+
+
+class Direct:
+    """A store read by node id (pst_items), for a re-index that opens only the messages
+    that changed. Folder paths and roles come from the same rules as a full read."""
+
+    def __init__(self, path: Path, nodes: pst_nodes.Nodes):
+        self.path = path
+        self.nodes = nodes
+        self.store = pst_items.Store(path)
+        try:
+            self._survey()
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _survey(self) -> None:
+        others = self.nodes.others
+
+        def obj(nid: int) -> _DirectObject | None:
+            found = others.get(nid)
+            return _DirectObject(self.store, nid, found[0], found[1]) if found else None
+
+        root = obj(NID_ROOT_FOLDER)
+        if root is None:
+            raise pst_nodes.NodeTreeError("no root folder node")
+        children: dict[int, list[int]] = {}
+        for nid, (_, _, parent) in others.items():
+            if nid & 0x1F in FOLDER_TYPES and nid != parent:
+                children.setdefault(parent, []).append(nid)
+        counts = Counter(self.nodes.parents)
+        tree: dict[int, _Node] = {}
+        stack = [NID_ROOT_FOLDER]
+        while stack:  # folders reachable from the root, as pypff sees them
+            nid = stack.pop()
+            if nid in tree:
+                continue
+            kids = sorted(children.get(nid, []))
+            tree[nid] = _Node(obj(nid), nid, counts.get(nid, 0), kids)
+            stack.extend(kids)
+        view = _DirectView(root, obj(NID_MESSAGE_STORE), obj(NID_NAME_TO_ID_MAP))
+        result = SourceResult()
+        self.folders = {node.nid: (path, role) for node, path, role in _mailbox_folders(view, tree, result)}
+        self.errors = result.errors
+        self.skipped = sum(node.count for nid, node in tree.items() if nid not in self.folders)
+        self.named = _named_property_ids(view, DELIVERY_HEADER)
+
+    def records(self, indexes: list[int], result: SourceResult) -> Iterator[Record]:
+        """Records for the messages at `indexes` of `nodes`; failures go to `result.errors`."""
+        nodes = self.nodes
+        for index in indexes:
+            nid, parent = nodes.nids[index], nodes.parents[index]
+            path, role = self.folders[parent]
+            try:
+                item = _DirectItem(self.store, nid, *nodes.message(index))
+                yield _record(item, path, role, self.named)
+            except (OSError, ValueError, UnicodeDecodeError, struct.error) as exc:
+                result.errors.append(ReadError(f"{path or '/'}#{nid}", str(exc)))
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,267 @@
+"""Single items of a Unicode PST/OST read by node id, without opening the whole store.
+
+libpff builds its whole item tree when it opens a file (1.5 s for 20,000 items here,
+so over a minute for a million), which is the right trade for reading everything and
+the wrong one for reading the hundred items that changed. This reader follows MS-PST
+from the node id down: block B-tree, blocks (decoding the "compressible" permutation),
+data trees, subnode trees, heap-on-node, BTH, and property and table contexts. It reads
+only what the index needs, and offers it to readers/pst.py in the shape pypff does, so
+both paths build records with the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from .pst_nodes import NodeTreeError
+
+PAGE = 512
+CRYPT_NONE, CRYPT_PERMUTE = 0, 1
+# MS-PST 5.1 mpbbCrypt, first table (R): the "compressible" encoding is b -> R[b].
+_R = bytes.fromhex(
+    "41361362a8216ebbf416cc047f64e85d1ef2cb2a74c55e35d295479e962d9a88"
+    "4c7d843fdbac31b6485ff6c4d8398be7233b388ec8c1df25b120a546604e9cfb"
+    "aad35651457c550007c92b9d859b09a08fadb30f63ab894bd7a7155a716642bf"
+    "264a6b98faea7753b270052cfd593a867ece06eb827857c78d43afb41cd45bcd"
+    "e2e9274fc3087280cfb0eff5286dbe304d3492d50e3c2232e5e4f99fc2d10a81"
+    "12e1ee918376e397e6618a1779a4b7dc907a5c8c02a6ca69de501a1193b95287"
+    "58fced1d37491b6ae0293399bd6cd994f340546ff0c673b8d63e6518441fdd67"
+    "10f10c19ecae03a1147ba90bfff8a3c0a201f72ebc2468750dfeba2fb5d0da3d"
+)
+SUBNODE, XBLOCK = 0x02, 0x01
+FIXED = {0x0002: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x000B: 1, 0x0005: 8, 0x0006: 8, 0x0007: 8,
+         0x0014: 8, 0x0040: 8, 0x0048: 16}
+INLINE = {0x0002, 0x0003, 0x0004, 0x000A, 0x000B}
+
+
+class ItemError(OSError):
+    """An item, or the structure leading to it, cannot be read; the text says where.
+    An OSError, as libpff's own failures are, so both readers' callers treat it alike."""
+
+
+class Entry:
+    """One property, shaped as pypff's record entry (what readers/pst.py asks of it)."""
+
+    __slots__ = ("entry_type", "value_type", "data", "codepage")
+
+    def __init__(self, entry_type: int, value_type: int, data: bytes, codepage: str):
+        self.entry_type, self.value_type, self.data, self.codepage = entry_type, value_type, data, codepage
+
+    @property
+    def data_as_string(self) -> str | None:
+        if self.value_type == 0x001F:
+            return self.data.decode("utf-16-le", "replace")
+        if self.value_type == 0x001E:
+            return self.data.decode(self.codepage, "replace")
+        raise ItemError(f"property 0x{self.entry_type:04x} is not a string")
+
+    @property
+    def data_as_integer(self) -> int:
+        return int.from_bytes(self.data, "little")
+
+
+class Props:
+    """A property context or a table row, shaped as pypff's record set."""
+
+    def __init__(self, entries: dict[int, Entry]):
+        self._entries = entries
+
+    @property
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def get_entry_by_type(self, tag: int) -> Entry | None:
+        return self._entries.get(tag)
+
+
+class Store:
+    """An open PST/OST read by node id. Node locations come from pst_nodes (the caller
+    read the node B-tree already); blocks are found in the block B-tree on demand."""
+
+    def __init__(self, path: Path, codepage: str = "cp1252"):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self.codepage = codepage
+        self._pages: dict[int, bytes] = {}
+        header = os.pread(self.fd, 564, 0)
+        if len(header) < 564 or header[:4] != b"!BDN" or struct.unpack_from("<H", header, 10)[0] != 23:
+            raise NodeTreeError("not a Unicode PST/OST with 512-byte pages")
+        self.crypt = header[513]
+        if self.crypt not in (CRYPT_NONE, CRYPT_PERMUTE):
+            raise NodeTreeError(f"encryption method {self.crypt} is not read here")
+        self.decode = bytes(_R.index(i) for i in range(256)) if self.crypt == CRYPT_PERMUTE else None
+        self.bbt_root = struct.unpack_from("<Q", header, 240)[0]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    # -- NDB --------------------------------------------------------------------------
+
+    def _page(self, ib: int) -> bytes:
+        page = self._pages.get(ib)
+        if page is None:
+            page = os.pread(self.fd, PAGE, ib)
+            if len(page) < PAGE or page[496] != 0x80:
+                raise ItemError(f"no block B-tree page at offset {ib}")
+            if len(self._pages) > 4096:
+                self._pages.clear()
+            self._pages[ib] = page
+        return page
+
+    def _locate(self, bid: int) -> tuple[int, int]:
+        """(offset, size) of block `bid`, by a descent of the block B-tree."""
+        key, ib = bid & ~1, self.bbt_root
+        for _ in range(16):
+            page = self._page(ib)
+            count, level = page[488], page[491]
+            if level == 0:
+                for entry_bid, entry_ib, size, _, _ in struct.iter_unpack("<QQHHI", page[:count * 24]):
+                    if entry_bid & ~1 == key:
+                        return entry_ib, size
+                break
+            child = None
+            for entry_key, _, entry_ib in struct.iter_unpack("<QQQ", page[:count * 24]):
+                if entry_key & ~1 > key:
+                    break
+                child = entry_ib
+            if child is None:
+                break
+            ib = child
+        raise ItemError(f"block 0x{bid:x} is not in the block B-tree")
+
+    def block(self, bid: int) -> bytes:
+        ib, size = self._locate(bid)
+        data = os.pread(self.fd, size, ib)
+        if len(data) < size:
+            raise ItemError(f"block 0x{bid:x} runs past the end of the file")
+        if self.decode is not None and not bid & 2:  # internal blocks are never encoded
+            data = data.translate(self.decode)
+        return data
+
+    def data(self, bid: int) -> list[bytes]:
+        """A node's data blocks in order (one, or the leaves of an XBLOCK/XXBLOCK)."""
+        if not bid & 2:
+            return [self.block(bid)]
+        raw = self.block(bid)
+        kind, level, count = raw[0], raw[1], struct.unpack_from("<H", raw, 2)[0]
+        if kind != XBLOCK or level not in (1, 2) or 8 + 8 * count > len(raw):
+            raise ItemError(f"block 0x{bid:x} is not a data tree")
+        out: list[bytes] = []
+        for child in struct.unpack_from(f"<{count}Q", raw, 8):
+            out.extend(self.data(child) if level == 2 else [self.block(child)])
+        return out
+
+    def subnodes(self, bid: int) -> dict[int, tuple[int, int]]:
+        """nid -> (data BID, subnode BID) for a node's subnode tree."""
+        if not bid:
+            return {}
+        raw = self.block(bid)
+        kind, level, count = raw[0], raw[1], struct.unpack_from("<H", raw, 2)[0]
+        if kind != SUBNODE or level not in (0, 1):
+            raise ItemError(f"block 0x{bid:x} is not a subnode tree")
+        found: dict[int, tuple[int, int]] = {}
+        if level == 0:
+            for nid, data, sub in struct.iter_unpack("<QQQ", raw[8:8 + 24 * count]):
+                found[nid & 0xFFFFFFFF] = (data, sub)
+        else:
+            for _, child in struct.iter_unpack("<QQ", raw[8:8 + 16 * count]):
+                found.update(self.subnodes(child))
+        return found
+
+    # -- LTP --------------------------------------------------------------------------
+
+    def properties(self, data_bid: int, sub_bid: int) -> Props:
+        """A property context (a message, folder or the store object)."""
+        heap = _Heap(self.data(data_bid), 0xBC)
+        subnodes = self.subnodes(sub_bid)
+        entries = {}
+        for key, value in heap.bth(heap.root):
+            prop_id, kind = struct.unpack("<HH", key + value[:2])
+            ref = struct.unpack_from("<I", value, 2)[0]
+            entries[prop_id] = Entry(prop_id, kind, self._value(heap, subnodes, kind, ref), self.codepage)
+        return Props(entries)
+
+    def table(self, data_bid: int, sub_bid: int) -> list[Props]:
+        """The rows of a table context (a message's recipients)."""
+        heap = _Heap(self.data(data_bid), 0x7C)
+        subnodes = self.subnodes(sub_bid)
+        info = heap.get(heap.root)
+        if info[0] != 0x7C:
+            raise ItemError("table context without TCINFO")
+        columns = info[1]
+        row_size = struct.unpack_from("<H", info, 8)[0]
+        rows_ref = struct.unpack_from("<I", info, 14)[0]
+        cols = [struct.unpack_from("<IHBB", info, 22 + 8 * i) for i in range(columns)]
+        if not rows_ref or not row_size:
+            return []
+        blocks = [heap.get(rows_ref)] if rows_ref & 0x1F == 0 else self._subnode_data(subnodes, rows_ref)
+        rows = []
+        for block in blocks:
+            for start in range(0, len(block) - row_size + 1, row_size):
+                row = block[start:start + row_size]
+                entries = {}
+                for tag, at, width, bit in cols:
+                    if not row[row_size - (columns + 7) // 8 + bit // 8] & (0x80 >> (bit % 8)):
+                        continue
+                    prop_id, kind = tag >> 16, tag & 0xFFFF
+                    cell = row[at:at + width]
+                    data = cell if kind in FIXED else self._value(heap, subnodes, kind, int.from_bytes(cell, "little"))
+                    entries[prop_id] = Entry(prop_id, kind, data, self.codepage)
+                rows.append(Props(entries))
+        return rows
+
+    def _value(self, heap: _Heap, subnodes: dict, kind: int, ref: int) -> bytes:
+        if kind in INLINE:
+            return struct.pack("<I", ref)[:FIXED[kind]]
+        if not ref:
+            return b""
+        if ref & 0x1F == 0:
+            return heap.get(ref)
+        return b"".join(self._subnode_data(subnodes, ref))
+
+    def _subnode_data(self, subnodes: dict, nid: int) -> list[bytes]:
+        if nid not in subnodes:
+            raise ItemError(f"subnode 0x{nid:x} is missing")
+        return self.data(subnodes[nid][0])
+
+
+class _Heap:
+    def __init__(self, pages: list[bytes], client: int):
+        self.pages = pages
+        first = pages[0]
+        if len(first) < 12 or first[2] != 0xEC or first[3] != client:
+            raise ItemError(f"not a heap of kind 0x{client:02x}")
+        self.root = struct.unpack_from("<I", first, 4)[0]
+
+    def get(self, hid: int) -> bytes:
+        block, index = hid >> 16, (hid >> 5) & 0x7FF
+        if block >= len(self.pages) or index == 0:
+            raise ItemError(f"heap id 0x{hid:x} out of range")
+        page = self.pages[block]
+        map_at = struct.unpack_from("<H", page, 0)[0]
+        count = struct.unpack_from("<H", page, map_at)[0]
+        if index > count:
+            raise ItemError(f"heap id 0x{hid:x} out of range")
+        start, end = struct.unpack_from("<HH", page, map_at + 4 + 2 * (index - 1))
+        return page[start:end]
+
+    def bth(self, hid: int) -> list[tuple[bytes, bytes]]:
+        header = self.get(hid)
+        if header[0] != 0xB5:
+            raise ItemError("BTH header expected")
+        key_size, data_size, levels, root = header[1], header[2], header[3], struct.unpack_from("<I", header, 4)[0]
+        out: list[tuple[bytes, bytes]] = []
+        if root:
+            self._records(root, levels, key_size, data_size, out)
+        return out
+
+    def _records(self, hid: int, level: int, key_size: int, data_size: int, out: list) -> None:
+        node = self.get(hid)
+        if level == 0:
+            width = key_size + data_size
+            out.extend((node[i:i + key_size], node[i + key_size:i + width]) for i in range(0, len(node), width))
+            return
+        width = key_size + 4
+        for i in range(0, len(node), width):
+            self._records(struct.unpack_from("<I", node, i + key_size)[0], level - 1, key_size, data_size, out)

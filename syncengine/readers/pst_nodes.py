@@ -1,0 +1,98 @@
+"""A PST's node B-tree read directly: every node's id, data block, subnode block and parent.
+
+Blocks in a PST are never rewritten in place: a changed message gets new blocks, so a
+node whose (data BID, subnode BID, parent) is what the index saw last time holds what
+it held then. That lets a re-index find what changed in a store of a million items
+from the node B-tree alone (a few megabytes of 512-byte pages), and open only those
+items. Only the Unicode format with 512-byte pages (wVer 23, PST and pre-2013 OST) is
+read here; for others `read` returns None and the caller reads the whole store.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+UNICODE = 23
+PAGE = 512
+PTYPE_NBT = 0x81
+NID_TYPE_MESSAGE = 0x04
+OTHER_TYPES = {0x01, 0x02, 0x03}   # internal (store object, name map), folders, search folders
+LEAF = struct.Struct("<QQQII")      # nid (8), bidData, bidSub, nidParent, padding
+INDEX = struct.Struct("<QQQ")       # key, bid, ib
+MAX_DEPTH = 16                      # a real node B-tree of any size is under 6 levels
+
+
+class NodeTreeError(Exception):
+    """The node B-tree is not what the header says: read the store the slow way."""
+
+
+@dataclass
+class Nodes:
+    """Normal messages in node-id order (parallel arrays), and every other node that is
+    not a table or a subnode-owned item: folders, the store object, the name map."""
+    nids: array
+    parents: array
+    versions: array
+    data: array
+    subs: array
+    others: dict[int, tuple[int, int, int]]   # nid -> (data BID, subnode BID, parent)
+
+    def message(self, index: int) -> tuple[int, int]:
+        return self.data[index], self.subs[index]
+
+
+def read(path: Path) -> Nodes | None:
+    """Every node the index needs, or None for a format not read here."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        header = os.pread(fd, 564, 0)
+        if len(header) < 564 or header[:4] != b"!BDN":
+            raise NodeTreeError("no PST header")
+        if struct.unpack_from("<H", header, 10)[0] != UNICODE:
+            return None
+        nbt_ib = struct.unpack_from("<Q", header, 224)[0]
+        nodes = Nodes(array("Q"), array("Q"), array("q"), array("Q"), array("Q"), {})
+        _walk(fd, nbt_ib, 0, nodes)
+        return nodes
+    finally:
+        os.close(fd)
+
+
+def version(data: int, sub: int, parent: int) -> int:
+    """Changes with any change to the message, its recipients or attachments, or a move;
+    stable across runs and Python versions (it is stored)."""
+    return (data * 0x9E3779B97F4A7C15 ^ sub * 0xC2B2AE3D27D4EB4F ^ parent) & 0x7FFFFFFFFFFFFFFF
+
+
+def _walk(fd: int, ib: int, depth: int, nodes: Nodes) -> None:
+    if depth > MAX_DEPTH:
+        raise NodeTreeError("node B-tree deeper than any real store's: a loop")
+    page = os.pread(fd, PAGE, ib)
+    if len(page) < PAGE or page[496] != PTYPE_NBT or page[497] != PTYPE_NBT:
+        raise NodeTreeError(f"no node B-tree page at offset {ib}")
+    if zlib.crc32(page[:496], 0xFFFFFFFF) ^ 0xFFFFFFFF != struct.unpack_from("<I", page, 500)[0]:
+        raise NodeTreeError(f"node B-tree page at offset {ib} fails its CRC")
+    count, _, size, level = page[488], page[489], page[490], page[491]
+    if level == 0:
+        if size != LEAF.size or count > 488 // LEAF.size:
+            raise NodeTreeError(f"node B-tree leaf at offset {ib} is malformed")
+        for nid, data, sub, parent, _ in LEAF.iter_unpack(page[:count * LEAF.size]):
+            kind = nid & 0x1F
+            if kind == NID_TYPE_MESSAGE:
+                nodes.nids.append(nid)
+                nodes.parents.append(parent)
+                nodes.versions.append(version(data, sub, parent))
+                nodes.data.append(data)
+                nodes.subs.append(sub)
+            elif kind in OTHER_TYPES:
+                nodes.others[nid & 0xFFFFFFFF] = (data, sub, parent)
+        return
+    if size != INDEX.size or count > 488 // INDEX.size:
+        raise NodeTreeError(f"node B-tree page at offset {ib} is malformed")
+    for _, _, child in INDEX.iter_unpack(page[:count * INDEX.size]):
+        _walk(fd, child, depth + 1, nodes)
