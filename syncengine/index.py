@@ -14,6 +14,7 @@ first appeared: the continuity engine must not mistake a move for a new arrival.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,7 @@ from pathlib import Path
 import sqlite_utils
 
 from . import folders, normalise
-from .readers import eml, msg, pst
+from .readers import eml, msg, pst, pst_nodes
 from .record import ReadError, Record, SourceResult
 from .store import transaction
 
@@ -54,11 +55,12 @@ class FileReport:
     skipped: int = 0
     changed: bool = True      # False: unchanged since the last run, not re-read
     stale: str | None = None  # C19: why its locations are those of an earlier read
+    read: int = 0             # items parsed this run (a changed store re-reads only what changed)
 
     def as_json(self) -> dict:
         return {"path": self.path, "status": self.status, "messages": self.messages,
                 "errors": [{"where": e.where, "reason": e.reason} for e in self.errors],
-                "skipped": self.skipped, "changed": self.changed, "stale": self.stale}
+                "skipped": self.skipped, "changed": self.changed, "stale": self.stale, "read": self.read}
 
 
 @dataclass
@@ -216,6 +218,14 @@ def read_store(task: Task) -> tuple[Task, SourceResult]:
     return task, result
 
 
+def _nodes(path: Path) -> pst_nodes.Nodes | None:
+    """A store's node B-tree, or None when it cannot serve an incremental re-read."""
+    try:
+        return pst_nodes.read(path)
+    except (pst_nodes.NodeTreeError, OSError, struct.error):
+        return None
+
+
 def _read_chunk(chunk: list[Task]) -> list[tuple[Task, SourceResult]]:
     return [read_file(task) for task in chunk]
 
@@ -307,6 +317,8 @@ def forget(db: sqlite_utils.Database, path: Path) -> int:
         ids = [r[0] for r in conn.execute("SELECT id FROM sources WHERE root = ?", (name,))]
         conn.executemany("DELETE FROM locations WHERE source_id = ?", [(i,) for i in ids])
         conn.executemany("DELETE FROM sources WHERE id = ?", [(i,) for i in ids])
+        conn.executemany("DELETE FROM store_items WHERE source_id = ?", [(i,) for i in ids])
+        conn.executemany("DELETE FROM store_folders WHERE source_id = ?", [(i,) for i in ids])
         conn.execute("DELETE FROM exports WHERE path = ?", (name,))
     collect_garbage(db.conn)
     return len(ids)
@@ -396,6 +408,8 @@ class Writer:
                                       " WHERE id = ?", row)
                 else:
                     self.conn.execute("DELETE FROM sources WHERE id = ?", row)
+                    self.conn.execute("DELETE FROM store_items WHERE source_id = ?", row)
+                    self.conn.execute("DELETE FROM store_folders WHERE source_id = ?", row)
                     dropped += 1
         return dropped
 
@@ -419,24 +433,119 @@ class Writer:
 
     def write_stores(self, stores: list[tuple[Task, int, int]], progress: Progress | None,
                      workers: int | None) -> Iterator[FileReport]:
-        """Stores up to POOL_STORE_BYTES are parsed whole in worker processes, several at
-        once; larger ones stream through this process, so memory stays flat."""
-        small = [s for s in stores if s[1] <= POOL_STORE_BYTES]
+        """A store read whole before is re-read item by item where it changed (pst_nodes);
+        others are read whole: up to POOL_STORE_BYTES in worker processes, several at
+        once, larger ones streamed through this process so memory stays flat."""
+        whole = []
+        for task, size, mtime_ns in stores:
+            report = self.reindex_store(task, size, mtime_ns, progress)
+            if report is None:
+                whole.append((task, size, mtime_ns))
+            else:
+                yield report
+        small = [s for s in whole if s[1] <= POOL_STORE_BYTES]
         if len(small) < 2 or workers == 1:
             small = []
         pooled = {task.path for task, _, _ in small}
-        for task, size, mtime_ns in stores:
+        for task, size, mtime_ns in whole:
             if task.path not in pooled:
+                nodes = _nodes(task.path)  # before the parse: a change while it runs is seen next time
                 result = SourceResult()
-                yield self.write_store(task, size, mtime_ns, pst.read(task.path, result), result, progress)
+                yield self.write_store(task, size, mtime_ns, pst.read(task.path, result), result, progress, nodes)
         if small:
+            nodes = {task.path: _nodes(task.path) for task, _, _ in small}
             with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
                 for (task, size, mtime_ns), (_, result) in zip(small, pool.map(read_store, [s[0] for s in small]),
                                                                strict=True):
-                    yield self.write_store(task, size, mtime_ns, result.records, result, progress)
+                    yield self.write_store(task, size, mtime_ns, result.records, result, progress, nodes[task.path])
+
+    def reindex_store(self, task: Task, size: int, mtime_ns: int, progress: Progress | None) -> FileReport | None:
+        """Re-read only the messages of a store that changed since its last whole read:
+        new ones and those whose node (data, subnodes, parent) or folder changed; drop
+        those gone. None when the store must be read whole instead (never read whole
+        cleanly, stale, a format pst_nodes does not read, or any item fails: a full
+        read then reports it as C19 says)."""
+        source = self.conn.execute("SELECT id, messages FROM sources WHERE path = ? AND kind = 'pst' AND status = 'ok'"
+                                   " AND stale IS NULL AND good_at IS NOT NULL", (text(task.path),)).fetchone()
+        if source is None:
+            return None
+        source_id, indexed = source
+        previous = dict(self.conn.execute("SELECT nid, version FROM store_items WHERE source_id = ?", (source_id,)))
+        if len(previous) != indexed:  # versions that do not cover the index cannot say what is gone
+            return None
+        known_folders = {nid: (path, role) for nid, path, role in self.conn.execute(
+            "SELECT nid, path, role FROM store_folders WHERE source_id = ?", (source_id,))}
+        if not known_folders:
+            return None
+        nodes = _nodes(task.path)
+        if nodes is None:
+            return None
+        try:
+            direct = pst.Direct(task.path, nodes)
+        except (pst_nodes.NodeTreeError, OSError, ValueError, struct.error):
+            return None
+        try:
+            if direct.errors:
+                return None
+            folders = direct.folders
+            renamed = {nid for nid, place in folders.items() if known_folders.get(nid) != place}
+            changed, present = [], set()
+            for index, (nid, parent, version) in enumerate(zip(nodes.nids, nodes.parents, nodes.versions)):
+                if parent in folders:
+                    present.add(nid)
+                    if previous.get(nid) != version or parent in renamed:
+                        changed.append(index)
+            result = SourceResult(skipped=direct.skipped)
+            records = list(direct.records(changed, result))
+            if result.errors:
+                return None
+        finally:
+            direct.close()
+        gone = [nid for nid in previous if nid not in present]
+        self.conn.execute("DELETE FROM walk")
+        self._stage([self._staged(source_id, record) for record in records])
+        with transaction(self.conn):
+            self._drop_locators(source_id, [str(nid) for nid in gone] + [r.locator for r in records])
+            self._insert_staged()
+            self.conn.executemany("DELETE FROM store_items WHERE source_id = ? AND nid = ?",
+                                  [(source_id, nid) for nid in gone])
+            self.conn.executemany("INSERT OR REPLACE INTO store_items VALUES (?, ?, ?)",
+                                  [(source_id, nodes.nids[i], nodes.versions[i]) for i in changed])
+            self._record_folders(source_id, folders)
+            self._finish_source(source_id, task, size, mtime_ns, result, None, messages=len(present))
+        if progress:
+            progress(len(present))
+        return FileReport(text(task.path), result.status, len(present), [], result.skipped, read=len(records))
+
+    def _record_versions(self, source_id: int, path: Path, nodes: pst_nodes.Nodes | None,
+                         result: SourceResult) -> None:
+        """After a whole read: every mailbox message's version, so the next read of this
+        store can be incremental. Nothing when the read was not whole and clean."""
+        self.conn.execute("DELETE FROM store_items WHERE source_id = ?", (source_id,))
+        self.conn.execute("DELETE FROM store_folders WHERE source_id = ?", (source_id,))
+        if nodes is None or result.errors or result.fatal:
+            return
+        try:
+            direct = pst.Direct(path, nodes)
+        except (pst_nodes.NodeTreeError, OSError, ValueError, struct.error):
+            return
+        direct.close()
+        if direct.errors:
+            return
+        folders = direct.folders
+        self.conn.executemany("INSERT INTO store_items VALUES (?, ?, ?)",
+                              ((source_id, nid, version) for nid, parent, version
+                               in zip(nodes.nids, nodes.parents, nodes.versions) if parent in folders))
+        self._record_folders(source_id, folders)
+
+    def _record_folders(self, source_id: int, folders: dict[int, tuple[str, str]]) -> None:
+        self.conn.execute("DELETE FROM store_folders WHERE source_id = ?", (source_id,))
+        self.conn.executemany("INSERT INTO store_folders VALUES (?, ?, ?, ?)",
+                              [(source_id, nid, path, role) for nid, (path, role) in folders.items()])
 
     def write_store(self, task: Task, size: int, mtime_ns: int, records: Iterable[Record],
-                    result: SourceResult, progress: Progress | None) -> FileReport:
+                    result: SourceResult, progress: Progress | None,
+                    nodes: pst_nodes.Nodes | None = None) -> FileReport:
         """Stage one PST/OST's records (no write lock held while it is parsed), then merge
         them in one transaction with the source row: a crash leaves the previous state."""
         count = 0
@@ -468,7 +577,9 @@ class Writer:
                 self.conn.execute("UPDATE walk SET source_id = ? WHERE source_id = 0", (source_id,))
             stale = self._merge_or_keep(source_id, result)
             self._finish_source(source_id, task, size, mtime_ns, result, stale)
-        return FileReport(text(task.path), result.status, count, result.errors, result.skipped, stale=stale)
+            self._record_versions(source_id, task.path, nodes if stale is None else None, result)
+        return FileReport(text(task.path), result.status, count, result.errors, result.skipped, stale=stale,
+                          read=count)
 
     def _merge_or_keep(self, source_id: int, result: SourceResult) -> str | None:
         """C19: only a whole read replaces a source's locations. After a good read, a read
@@ -531,7 +642,7 @@ class Writer:
                 stale = f"unreadable since the last good read: {result.errors[0].reason}" if source_id in kept else None
                 self._finish_source(source_id, task, size, mtime_ns, result, stale)
                 reports.append(FileReport(text(task.path), result.status, len(result.records), result.errors,
-                                          stale=stale))
+                                          stale=stale, read=len(result.records)))
         return reports
 
     def _known_id(self, task: Task) -> int | None:
@@ -569,6 +680,19 @@ class Writer:
             self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
                               f" WHERE id IN ({stale})", source_ids)
             self.conn.execute(f"DELETE FROM locations WHERE id IN ({stale})", source_ids)
+        self._insert_staged()
+
+    def _drop_locators(self, source_id: int, locators: list[str]) -> None:
+        """Locations that are gone or about to be replaced; remembered in `gone` so a
+        message that is still there keeps the time it first appeared."""
+        rows = [(source_id, locator) for locator in locators]
+        self.conn.executemany("INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
+                              " WHERE source_id = ? AND locator = ?", rows)
+        self.conn.executemany("DELETE FROM locations WHERE source_id = ? AND locator = ?", rows)
+
+    def _insert_staged(self) -> None:
+        """Messages and locations for what is staged in `walk`; locations already there
+        get the staged folder, role and delivery tag."""
         self.conn.execute(
             "INSERT OR IGNORE INTO messages (identity, fingerprint, message_id, submit_ts, subject,"
             " subject_norm, sender, recipients, resent_key, message_class)"
@@ -592,7 +716,7 @@ class Writer:
             "   OR locations.delivery_tag IS NOT w.delivery_tag)")
 
     def _finish_source(self, source_id: int, task: Task, size: int, mtime_ns: int,
-                       result: SourceResult, stale: str | None) -> None:
+                       result: SourceResult, stale: str | None, messages: int | None = None) -> None:
         """A failed read that kept earlier locations keeps the earlier size and mtime too,
         so the next run reads the file again."""
         self.conn.execute("DELETE FROM source_errors WHERE source_id = ?", (source_id,))
@@ -602,10 +726,10 @@ class Writer:
         self.conn.execute(
             "UPDATE sources SET root = ?, kind = ?, mailbox = ?, status = ?, skipped = ?, indexed_at = ?, stale = ?,"
             " size = CASE WHEN ? THEN size ELSE ? END, mtime_ns = CASE WHEN ? THEN mtime_ns ELSE ? END,"
-            " messages = CASE WHEN ? THEN messages ELSE (SELECT count(*) FROM walk WHERE source_id = ?) END,"
+            " messages = CASE WHEN ? THEN messages ELSE coalesce(?, (SELECT count(*) FROM walk WHERE source_id = ?)) END,"
             " good_at = CASE WHEN ? THEN good_at ELSE ? END WHERE id = ?",
             (text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale,
-             kept, size, kept, mtime_ns, kept, source_id, result.fatal, self.now, source_id))
+             kept, size, kept, mtime_ns, kept, messages, source_id, result.fatal, self.now, source_id))
 
 
 def collect_garbage(conn) -> None:

@@ -163,8 +163,13 @@ class PstWriter:
 
     # -- messages ---------------------------------------------------------------------
 
-    def add(self, folder_path: str, message: Message) -> int:
-        """Write `message` into the folder at `folder_path`; returns the message's NID."""
+    def add(self, folder_path: str, message: Message, *, deleted: bool = False) -> int:
+        """Write `message` into the folder at `folder_path`; returns the message's NID.
+
+        `deleted` writes it as a store holds an item Outlook deleted and has not yet
+        compacted away: its blocks stay in the file, its node and its row do not. Every
+        other message keeps the node and block ids it would have had, which is how a
+        store changes in place (tests and benchmarks of incremental re-index use it)."""
         folder = self.folders[self.folder(folder_path)]
         nid = (self.next_message << 5) | TYPE_MESSAGE
         self.next_message += 1
@@ -203,6 +208,8 @@ class PstWriter:
 
         props = _message_props(message)
         data, sub = property_context(self.ndb, props, subnodes)
+        if deleted:
+            return nid
         self.ndb.add_node(nid, data, sub, folder.nid)
 
         if folder.contents is None:
