@@ -80,7 +80,7 @@ def _iso(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(ts))
 
 
-def floor(db_path: Path, snapshot: Path) -> float:
+def floor(db_path: Path, snapshot: Path, mailbox: str = MAILBOX) -> float:
     """Bare JSON decode plus one indexed anti-join of the snapshot's ids against the index."""
     db = store.connect(db_path)
     started = time.perf_counter()
@@ -91,20 +91,20 @@ def floor(db_path: Path, snapshot: Path) -> float:
     # CROSS JOIN fixes the order: the Message-ID index, then locations by message.
     missing = db.conn.execute("SELECT count(*) FROM ids WHERE NOT EXISTS (SELECT 1 FROM messages m"
                               " CROSS JOIN locations l ON l.message = m.id WHERE m.message_id = ids.message_id"
-                              " AND l.mailbox = ? AND l.received = 1)", (MAILBOX,)).fetchone()[0]
+                              " AND l.mailbox = ? AND l.received = 1)", (mailbox,)).fetchone()[0]
     elapsed = time.perf_counter() - started
     db.conn.close()
     assert missing > 0
     return elapsed
 
 
-def reconcile(db_path: Path, snapshot: Path) -> None:
+def reconcile(db_path: Path, snapshot: Path, mailbox: str = MAILBOX, now: float = float(BASE)) -> None:
     """Run in its own process so that its peak RSS is its own."""
     db = store.connect(db_path)
     started = time.perf_counter()
-    engine.add_snapshot(db, snapshot, float(BASE + 10))
+    engine.add_snapshot(db, snapshot, now + 10)
     parsed = time.perf_counter()
-    written = engine.start_event(db, "bench", [MAILBOX], False, float(BASE + 20))
+    written = engine.start_event(db, "bench", [mailbox], False, now + 20)
     done = time.perf_counter()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": done - started, "snapshot_s": parsed - started, "match_and_write_s": done - parsed,
@@ -115,10 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--reconcile", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--reconcile", nargs="+", help=argparse.SUPPRESS)  # DB SNAPSHOT [MAILBOX NOW]
     args = parser.parse_args()
     if args.reconcile:
-        reconcile(*args.reconcile)
+        db_path, snapshot, *rest = args.reconcile
+        reconcile(Path(db_path), Path(snapshot), *(rest[:1]), *(float(x) for x in rest[1:2]))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
