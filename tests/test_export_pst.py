@@ -79,7 +79,10 @@ def test_an_unknown_event_or_a_missing_mailbox_choice_is_refused_with_the_choice
     assert unknown.returncode == 4 and f"(events: {event})" in unknown.stderr
     ambiguous = run_cli("export-pst", "--db", str(db), "--event", event, str(tmp_path / "b.pst"))
     assert ambiguous.returncode == 4 and "--mailbox" in ambiguous.stderr and mailboxes[0] in ambiguous.stderr
-    assert not (tmp_path / "a.pst").exists() and not (tmp_path / "b.pst").exists()
+    stranger = run_cli("export-pst", "--db", str(db), "--event", event, "--mailbox", "eve@elsewhere.example",
+                       str(tmp_path / "d.pst"))
+    assert stranger.returncode == 4 and "does not cover eve@elsewhere.example" in stranger.stderr
+    assert not any((tmp_path / name).exists() for name in ("a.pst", "b.pst", "d.pst"))
     chosen = run_cli("export-pst", "--db", str(db), "--event", event, "--mailbox", mailboxes[1], str(tmp_path / "c.pst"))
     assert chosen.returncode == 0, chosen.stderr
     records = list(pst_reader.read(tmp_path / "c.pst", SourceResult()))

@@ -47,13 +47,16 @@ def deliveries(conn: sqlite3.Connection, event: str, mailbox: str | None) -> tup
                           + (f" (events: {', '.join(known)})" if known else " (it has no events)"))
     mailboxes = [r[0] for r in conn.execute(
         "SELECT DISTINCT mailbox FROM deltas WHERE event = ? AND action = 'deliver' ORDER BY mailbox", (event,))]
+    covered = [r[0] for r in conn.execute(
+        "SELECT mailbox FROM event_mailboxes m JOIN events e ON e.id = m.event WHERE e.name = ? ORDER BY mailbox",
+        (event,))]
+    if mailbox is not None and mailbox not in covered and mailbox not in mailboxes:
+        raise ExportError(f"event {event!r} does not cover {mailbox} (it covers: {', '.join(covered)})")
     if mailbox is None:
         if len(mailboxes) > 1:
             raise ExportError(f"event {event!r} delivered to {len(mailboxes)} mailboxes; a PST holds one: "
                               f"name it with --mailbox ({', '.join(mailboxes)})")
         if not mailboxes:
-            covered = [r[0] for r in conn.execute(
-                "SELECT mailbox FROM event_mailboxes m JOIN events e ON e.id = m.event WHERE e.name = ?", (event,))]
             mailbox = covered[0] if len(covered) == 1 else ""
         else:
             mailbox = mailboxes[0]
