@@ -202,8 +202,9 @@ def test_readpst_reads_every_message_without_a_warning(written, tmp_path):
 
 
 def test_the_file_is_well_formed_at_the_ndb_level(written):
-    """Header CRCs, sections on AMap boundaries, and every AMap's bits matching the blocks
-    and pages the B-trees reference (MS-PST 2.2.2.6, 2.2.2.7)."""
+    """Header CRCs, the file ending on a section boundary, every AMap page valid, and its
+    bits exactly the blocks and pages in use: those the two B-trees reference, the
+    B-tree pages themselves and the map pages (MS-PST 2.2.2.6, 2.2.2.7)."""
     path, _ = written
     data = path.read_bytes()
     assert data[:4] == b"!BDN" and struct.unpack_from("<HH", data, 10) == (23, 19)
@@ -211,10 +212,39 @@ def test_the_file_is_well_formed_at_the_ndb_level(written):
     assert struct.unpack_from("<I", data, 524)[0] == ndb.crc(data[8:8 + 516])
     eof = struct.unpack_from("<Q", data, 184)[0]
     assert eof == len(data) and (eof - ndb.FIRST_AMAP) % ndb.SECTION == 0
-    for section in range((eof - ndb.FIRST_AMAP) // ndb.SECTION):
+    used: list[tuple[int, int]] = []
+
+    def walk(ib: int, ptype: int) -> None:
+        page = data[ib:ib + 512]
+        assert page[496] == page[497] == ptype and struct.unpack_from("<I", page, 500)[0] == ndb.crc(page[:496])
+        used.append((ib, 512))
+        count, _, size, level = page[488:492]
+        for i in range(count):
+            entry = page[i * size:(i + 1) * size]
+            if level:
+                walk(struct.unpack_from("<Q", entry, 16)[0], ptype)
+            elif ptype == ndb.PTYPE_BBT:
+                _, block_ib, cb = struct.unpack_from("<QQH", entry)
+                used.append((block_ib, (cb + 16 + 63) // 64 * 64))
+
+    walk(struct.unpack_from("<Q", data, 224)[0], ndb.PTYPE_NBT)
+    walk(struct.unpack_from("<Q", data, 240)[0], ndb.PTYPE_BBT)
+    sections = (eof - ndb.FIRST_AMAP) // ndb.SECTION
+    expected = [bytearray(496) for _ in range(sections)]
+    for section in range(sections):
         start = ndb.FIRST_AMAP + section * ndb.SECTION
         page = data[start:start + 512]
         assert page[496] == ndb.PTYPE_AMAP and struct.unpack_from("<I", page, 500)[0] == ndb.crc(page[:496])
+        used.append((start, 512 * ndb._map_pages(section)))
+    for ib, size in used:
+        section, offset = divmod(ib - ndb.FIRST_AMAP, ndb.SECTION)
+        assert offset + size <= ndb.SECTION, f"allocation at {ib} crosses a section"
+        for unit in range(offset // 64, (offset + size) // 64):
+            assert not expected[section][unit >> 3] & (0x80 >> (unit & 7)), f"two allocations overlap at {ib}"
+            expected[section][unit >> 3] |= 0x80 >> (unit & 7)
+    for section in range(sections):
+        start = ndb.FIRST_AMAP + section * ndb.SECTION
+        assert data[start:start + 496] == bytes(expected[section]), f"AMap {section} differs from what is in use"
 
 
 def test_an_interrupted_write_leaves_no_pst_behind(tmp_path):
