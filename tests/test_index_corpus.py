@@ -29,14 +29,22 @@ def _index_one(db, row):
     return reports[0]
 
 
+def _pypff_only_failures(row) -> int:
+    """Items pypff cannot read but readpst can ('pypff partial (N item errors); readpst ok'):
+    the index reads such stores by node id (readers/pst_items) and gets them too."""
+    found = re.search(r"pypff partial \((\d+) item errors\); readpst ok", row["readable_by"])
+    return int(found.group(1)) if found else 0
+
+
 @pytest.mark.parametrize("row", STORES, ids=_ids(STORES))
 def test_store_item_count_matches_manifest(db, row):
     report = _index_one(db, row)
-    # MANIFEST counts items in every folder; the index keeps mailbox folders and
-    # counts the rest (free/busy data outside the IPM subtree) as skipped.
-    assert report.messages + report.skipped == int(row["messages"] or 0)
+    # MANIFEST counts the items pypff reads in every folder; the index keeps mailbox
+    # folders and counts the rest (free/busy data outside the IPM subtree) as skipped.
+    extra = _pypff_only_failures(row)
+    assert report.messages + report.skipped == int(row["messages"] or 0) + extra
     assert report.messages == db.execute("SELECT count(*) FROM locations").fetchone()[0]
-    if "PARTLY-READABLE" in row["notes"]:
+    if "PARTLY-READABLE" in row["notes"] and not extra:
         assert report.status == "partial" and report.errors
     else:
         assert report.status == "ok", report.errors

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+from bisect import bisect_right
 from pathlib import Path
 
 from .pst_nodes import NodeTreeError
@@ -42,12 +43,18 @@ class ItemError(OSError):
 
 
 class Entry:
-    """One property, shaped as pypff's record entry (what readers/pst.py asks of it)."""
+    """One property, shaped as pypff's record entry (what readers/pst.py asks of it);
+    its value is read from the heap or a subnode when first asked for."""
 
-    __slots__ = ("entry_type", "value_type", "data", "codepage")
+    __slots__ = ("entry_type", "value_type", "codepage", "_raw", "_load")
 
-    def __init__(self, entry_type: int, value_type: int, data: bytes, codepage: str):
-        self.entry_type, self.value_type, self.data, self.codepage = entry_type, value_type, data, codepage
+    def __init__(self, entry_type: int, value_type: int, raw, load, codepage: str):
+        self.entry_type, self.value_type, self.codepage, self._raw, self._load = \
+            entry_type, value_type, codepage, raw, load
+
+    @property
+    def data(self) -> bytes:
+        return self._load(self.value_type, self._raw)
 
     @property
     def data_as_string(self) -> str | None:
@@ -55,7 +62,7 @@ class Entry:
             return self.data.decode("utf-16-le", "replace")
         if self.value_type == 0x001E:
             return self.data.decode(self.codepage, "replace")
-        raise ItemError(f"property 0x{self.entry_type:04x} is not a string")
+        raise ItemError(f"property 0x{self.entry_type:04x} is not a string")  # as libpff refuses
 
     @property
     def data_as_integer(self) -> int:
@@ -63,17 +70,23 @@ class Entry:
 
 
 class Props:
-    """A property context or a table row, shaped as pypff's record set."""
+    """A property context or a table row, shaped as pypff's record set. Values are
+    decoded when asked for: a record needs about ten of a message's thirty properties."""
 
-    def __init__(self, entries: dict[int, Entry]):
-        self._entries = entries
+    def __init__(self, cells: dict[int, tuple[int, object]], load, codepage: str):
+        self._cells = cells          # prop id -> (type, raw reference or bytes)
+        self._load = load            # (type, raw) -> bytes
+        self._codepage = codepage
 
     @property
     def entries(self) -> list[Entry]:
-        return list(self._entries.values())
+        return [self.get_entry_by_type(tag) for tag in self._cells]
 
     def get_entry_by_type(self, tag: int) -> Entry | None:
-        return self._entries.get(tag)
+        cell = self._cells.get(tag)
+        if cell is None:
+            return None
+        return Entry(tag, cell[0], cell[1], self._load, self._codepage)
 
 
 class Store:
@@ -83,7 +96,7 @@ class Store:
     def __init__(self, path: Path, codepage: str = "cp1252"):
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self.codepage = codepage
-        self._pages: dict[int, bytes] = {}
+        self._pages: dict[int, tuple] = {}
         header = os.pread(self.fd, 564, 0)
         if len(header) < 564 or header[:4] != b"!BDN" or struct.unpack_from("<H", header, 10)[0] != 23:
             raise NodeTreeError("not a Unicode PST/OST with 512-byte pages")
@@ -98,36 +111,39 @@ class Store:
 
     # -- NDB --------------------------------------------------------------------------
 
-    def _page(self, ib: int) -> bytes:
-        page = self._pages.get(ib)
-        if page is None:
+    def _page(self, ib: int) -> tuple[int, list[int], list[tuple[int, int]]]:
+        """A block B-tree page as (level, sorted keys, (offset, size) or (child offset, 0))."""
+        parsed = self._pages.get(ib)
+        if parsed is None:
             page = os.pread(self.fd, PAGE, ib)
             if len(page) < PAGE or page[496] != 0x80:
                 raise ItemError(f"no block B-tree page at offset {ib}")
-            if len(self._pages) > 4096:
+            count, level = page[488], page[491]
+            if count > 20:
+                raise ItemError(f"block B-tree page at offset {ib} is malformed")
+            if level == 0:
+                rows = [(key & ~1, (at, size)) for key, at, size, _, _ in struct.iter_unpack("<QQHHI", page[:count * 24])]
+            else:
+                rows = [(key & ~1, (at, 0)) for key, _, at in struct.iter_unpack("<QQQ", page[:count * 24])]
+            parsed = (level, [key for key, _ in rows], [value for _, value in rows])
+            if len(self._pages) > 65536:
                 self._pages.clear()
-            self._pages[ib] = page
-        return page
+            self._pages[ib] = parsed
+        return parsed
 
     def _locate(self, bid: int) -> tuple[int, int]:
         """(offset, size) of block `bid`, by a descent of the block B-tree."""
         key, ib = bid & ~1, self.bbt_root
         for _ in range(16):
-            page = self._page(ib)
-            count, level = page[488], page[491]
+            level, keys, values = self._page(ib)
+            at = bisect_right(keys, key) - 1
+            if at < 0:
+                break
             if level == 0:
-                for entry_bid, entry_ib, size, _, _ in struct.iter_unpack("<QQHHI", page[:count * 24]):
-                    if entry_bid & ~1 == key:
-                        return entry_ib, size
+                if keys[at] == key:
+                    return values[at]
                 break
-            child = None
-            for entry_key, _, entry_ib in struct.iter_unpack("<QQQ", page[:count * 24]):
-                if entry_key & ~1 > key:
-                    break
-                child = entry_ib
-            if child is None:
-                break
-            ib = child
+            ib = values[at][0]
         raise ItemError(f"block 0x{bid:x} is not in the block B-tree")
 
     def block(self, bid: int) -> bytes:
@@ -175,12 +191,11 @@ class Store:
         """A property context (a message, folder or the store object)."""
         heap = _Heap(self.data(data_bid), 0xBC)
         subnodes = self.subnodes(sub_bid)
-        entries = {}
+        cells = {}
         for key, value in heap.bth(heap.root):
-            prop_id, kind = struct.unpack("<HH", key + value[:2])
-            ref = struct.unpack_from("<I", value, 2)[0]
-            entries[prop_id] = Entry(prop_id, kind, self._value(heap, subnodes, kind, ref), self.codepage)
-        return Props(entries)
+            kind, ref = struct.unpack("<HI", value)
+            cells[int.from_bytes(key, "little")] = (kind, ref)
+        return Props(cells, lambda kind, ref: self._value(heap, subnodes, kind, ref), self.codepage)
 
     def table(self, data_bid: int, sub_bid: int) -> list[Props]:
         """The rows of a table context (a message's recipients)."""
@@ -196,19 +211,18 @@ class Store:
         if not rows_ref or not row_size:
             return []
         blocks = [heap.get(rows_ref)] if rows_ref & 0x1F == 0 else self._subnode_data(subnodes, rows_ref)
+        def load(kind: int, cell: bytes) -> bytes:
+            return cell if kind in FIXED else self._value(heap, subnodes, kind, int.from_bytes(cell, "little"))
+
         rows = []
         for block in blocks:
             for start in range(0, len(block) - row_size + 1, row_size):
                 row = block[start:start + row_size]
-                entries = {}
+                cells = {}
                 for tag, at, width, bit in cols:
-                    if not row[row_size - (columns + 7) // 8 + bit // 8] & (0x80 >> (bit % 8)):
-                        continue
-                    prop_id, kind = tag >> 16, tag & 0xFFFF
-                    cell = row[at:at + width]
-                    data = cell if kind in FIXED else self._value(heap, subnodes, kind, int.from_bytes(cell, "little"))
-                    entries[prop_id] = Entry(prop_id, kind, data, self.codepage)
-                rows.append(Props(entries))
+                    if row[row_size - (columns + 7) // 8 + bit // 8] & (0x80 >> (bit % 8)):
+                        cells[tag >> 16] = (tag & 0xFFFF, row[at:at + width])
+                rows.append(Props(cells, load, self.codepage))
         return rows
 
     def _value(self, heap: _Heap, subnodes: dict, kind: int, ref: int) -> bytes:
