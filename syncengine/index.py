@@ -451,8 +451,8 @@ class Writer:
             if task.path not in pooled:
                 nodes = _nodes(task.path)  # before the parse: a change while it runs is seen next time
                 result = SourceResult()
-                yield self.write_store(task, size, mtime_ns, pst.read(task.path, result, nodes), result, progress,
-                                       nodes)
+                records = pst.read(task.path, result, nodes, workers=workers or os.cpu_count() or 1)
+                yield self.write_store(task, size, mtime_ns, records, result, progress, nodes)
         if small:
             nodes = {task.path: _nodes(task.path) for task, _, _ in small}
             with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:

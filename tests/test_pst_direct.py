@@ -58,3 +58,18 @@ def test_formats_not_read_by_node_id_still_read_through_pypff():
     assert pst_nodes.read(path) is None
     result = SourceResult()
     assert len(list(pst.read(path, result))) + result.skipped == int(ansi[0]["messages"] or 0)
+
+
+def test_a_store_parsed_by_two_processes_gives_the_same_records_in_node_order(tmp_path, monkeypatch):
+    path = tmp_path / "p.pst"
+    with PstWriter(path) as writer:
+        for n in range(700):
+            writer.add(["Inbox", "Archive", "Sent Items"][n % 3],
+                       Message(subject=f"S{n}", sender="b@example.org", to=["a@acme.example"], message_id=f"<{n}@x>"))
+    single = SourceResult()
+    expected = list(pst.read(path, single))
+    monkeypatch.setattr(pst, "PARALLEL_FROM", 100)  # the real threshold is 20,000 messages
+    monkeypatch.setattr(pst, "CHUNK", 64)
+    parallel = SourceResult()
+    got = list(pst.read(path, parallel, workers=2))
+    assert got == expected and len(got) == 700 and not parallel.errors

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pypff
-
-from collections import Counter
 
 from .. import folders, headers, normalise
 from ..record import ReadError, Record, SourceResult
@@ -105,12 +105,14 @@ def count_messages(path: Path) -> int:
         store.close()
 
 
-def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None) -> Iterator[Record]:
+def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
+         workers: int = 1) -> Iterator[Record]:
     """Yield a record per message in the store's mailbox folders.
 
     Per-item failures are appended to `result.errors`; a store that cannot be opened
     sets `result.fatal`. Items outside the IPM subtree are counted in `result.skipped`.
-    `nodes` is the store's node B-tree when the caller read it already.
+    `nodes` is the store's node B-tree when the caller read it already; with `workers`
+    above 1, a large store read by node id is parsed in that many processes.
     """
     if nodes is None:
         try:
@@ -125,14 +127,54 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None)
         if direct is not None and not direct.errors:
             try:
                 result.skipped = direct.skipped
-                yield from direct.records([i for i, parent in enumerate(nodes.parents) if parent in direct.folders],
-                                          result)
+                indexes = [i for i, parent in enumerate(nodes.parents) if parent in direct.folders]
+                if workers > 1 and len(indexes) >= PARALLEL_FROM:
+                    yield from _parallel(path, nodes, indexes, result, workers)
+                else:
+                    yield from direct.records(indexes, result)
             finally:
                 direct.close()
             return
         if direct is not None:
             direct.close()
     yield from read_pypff(path, result)
+
+
+PARALLEL_FROM = 20_000   # messages: below this, starting processes costs more than it saves
+CHUNK = 2_000
+
+
+def _parallel(path: Path, nodes: pst_nodes.Nodes, indexes: list[int], result: SourceResult,
+              workers: int) -> Iterator[Record]:
+    """Records in node order, parsed by `workers` processes that each open the store
+    once; at most two chunks per worker are in flight, so memory stays flat."""
+    chunks = [indexes[i:i + CHUNK] for i in range(0, len(indexes), CHUNK)]
+    with ProcessPoolExecutor(max_workers=workers, initializer=_open_worker, initargs=(path, nodes)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_read_worker, chunk))
+            if len(pending) >= 2 * workers:
+                records, errors = pending.popleft().result()
+                result.errors.extend(errors)
+                yield from records
+        while pending:
+            records, errors = pending.popleft().result()
+            result.errors.extend(errors)
+            yield from records
+
+
+_worker: Direct | None = None
+
+
+def _open_worker(path: Path, nodes: pst_nodes.Nodes) -> None:
+    global _worker
+    _worker = Direct(path, nodes)
+
+
+def _read_worker(indexes: list[int]) -> tuple[list[Record], list[ReadError]]:
+    result = SourceResult()
+    records = list(_worker.records(indexes, result))
+    return records, result.errors
 
 
 def read_pypff(path: Path, result: SourceResult) -> Iterator[Record]:
