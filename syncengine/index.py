@@ -353,6 +353,9 @@ class Writer:
             " recipients TEXT, resent_key TEXT, message_class TEXT, delivery_tag TEXT)")
         # Locations dropped in this run, so that a move keeps its first `seen_at`.
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS gone (message INTEGER, mailbox TEXT, seen_at REAL)")
+        # Every location inserted looks up its message here: unindexed, re-reading 70,000
+        # messages of a store took six minutes instead of seconds.
+        self.conn.execute("CREATE INDEX IF NOT EXISTS temp.gone_message ON gone(message, mailbox)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.walk_key ON walk(source_id, locator)")
         self.conn.create_function("fingerprint", 1, normalise.fingerprint, deterministic=True)
 

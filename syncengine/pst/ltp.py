@@ -134,7 +134,7 @@ class Heap:
                 continue
             page = self.pages.pop(number)
             data = self._page_bytes(page, 0)
-            self.written[number] = (self.ndb.write_block(data), len(data))
+            self.written[number] = (self.ndb.write_block(data, table=True), len(data))
 
     def _page_bytes(self, page: _Page, root: int) -> bytes:
         body = b"".join(page.allocations)
@@ -335,7 +335,7 @@ class Table:
         self.count += 1
         if self.stream:
             if len(self.block) >= self.rows_per_block * self.row_size:
-                self.row_bids.append(self.ndb.write_block(bytes(self.block)))
+                self.row_bids.append(self.ndb.write_block(bytes(self.block), table=True))
                 self.block = bytearray()
             if len(self.index_records) == ALLOC_MAX // 8:
                 self.index_leaves.append((self.index_records[0][:4], self.heap.allocate(b"".join(self.index_records))))

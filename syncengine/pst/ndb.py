@@ -18,7 +18,7 @@ import struct
 import tempfile
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 HEADER_SIZE = 564
@@ -32,6 +32,7 @@ PAGES_PER_PMAP = 8              # one PMap per 8 AMaps
 FMAP_FIRST, FMAP_EVERY = 128, 496
 FPMAP_FIRST, FPMAP_EVERY = 128 * 8, 496 * 8
 
+TABLE_BLOCKS = 1 << 36          # first block counter of streamed folder tables (BID = counter << 2)
 PTYPE_BBT, PTYPE_NBT, PTYPE_FMAP, PTYPE_PMAP, PTYPE_AMAP, PTYPE_FPMAP = 0x80, 0x81, 0x82, 0x83, 0x84, 0x85
 
 NBT_ENTRY = struct.Struct("<QQQII")     # nid (8 in Unicode), bidData, bidSub, nidParent, padding
@@ -108,8 +109,10 @@ class FileWriter:
         self.free_units = 0                 # summed over closed sections, for cbAMapFree
         self.fmap: list[int] = []           # per closed section (128 go into the header)
         self.next_block = 1
+        self.next_table_block = TABLE_BLOCKS
         self.next_page = 1
         self.bbt = tempfile.TemporaryFile(prefix="pst-bbt-")
+        self.table_bbt = tempfile.TemporaryFile(prefix="pst-bbt-tables-")
         self.nbt = tempfile.TemporaryFile(prefix="pst-nbt-")
         self.late_nodes: list[tuple[int, int, int, int]] = []
         self.last_nid = 0
@@ -188,18 +191,26 @@ class FileWriter:
 
     # -- blocks -----------------------------------------------------------------------
 
-    def write_block(self, data: bytes, internal: bool = False) -> int:
-        """Write one block (at most 8,176 bytes of data) and return its BID."""
+    def write_block(self, data: bytes, internal: bool = False, table: bool = False) -> int:
+        """Write one block (at most 8,176 bytes of data) and return its BID.
+
+        `table` blocks (pages of a folder's table, written while messages stream in) are
+        numbered from a range of their own, so a message's block ids depend only on the
+        messages before it, as they do in a store Outlook edits in place."""
         if len(data) > BLOCK_DATA:
             raise ValueError(f"a block holds at most {BLOCK_DATA} bytes, not {len(data)}")
-        bid = (self.next_block << 2) | (2 if internal else 0)
-        self.next_block += 1
+        if table:
+            bid = (self.next_table_block << 2) | (2 if internal else 0)
+            self.next_table_block += 1
+        else:
+            bid = (self.next_block << 2) | (2 if internal else 0)
+            self.next_block += 1
         size = _align(len(data) + TRAILER.size, UNIT)
         ib = self._allocate(size, UNIT)
         self.buffer += data
         self.buffer += b"\0" * (size - len(data) - TRAILER.size)
         self.buffer += TRAILER.pack(len(data), signature(ib, bid), crc(data), bid)
-        self.bbt.write(BBT_ENTRY.pack(bid, ib, len(data), 2, 0))
+        (self.table_bbt if table else self.bbt).write(BBT_ENTRY.pack(bid, ib, len(data), 2, 0))
         return bid
 
     def write_data(self, data: bytes) -> int:
@@ -320,7 +331,10 @@ class FileWriter:
             raise ValueError("a late node is numbered above the streamed nodes")
         nodes = [NBT_ENTRY.pack(nid, data, sub, parent, 0) for nid, data, sub, parent in late]
         nbt_root = self._btree(_chain(nodes, _spooled(self.nbt, NBT_ENTRY.size)), NBT_ENTRY.size, PTYPE_NBT)
-        bbt_root = self._btree(_spooled(self.bbt, BBT_ENTRY.size), BBT_ENTRY.size, PTYPE_BBT)
+        if self.next_block >= TABLE_BLOCKS:
+            raise ValueError("more blocks than the message range holds")
+        bbt_root = self._btree(_chain(_spooled(self.bbt, BBT_ENTRY.size), _spooled(self.table_bbt, BBT_ENTRY.size)),
+                               BBT_ENTRY.size, PTYPE_BBT)
         # The file ends on a section boundary (MS-PST 2.6.1.1.2).
         end = self._section_start(self.section + 1)
         self._close_section()
@@ -328,13 +342,13 @@ class FileWriter:
         self._write_header(end, rgnid, nbt_root, bbt_root)
         os.fsync(self.fd)
         os.close(self.fd)
-        self.bbt.close()
-        self.nbt.close()
+        for spool in (self.bbt, self.table_bbt, self.nbt):
+            spool.close()
 
     def abort(self) -> None:
         os.close(self.fd)
-        self.bbt.close()
-        self.nbt.close()
+        for spool in (self.bbt, self.table_bbt, self.nbt):
+            spool.close()
 
     def _write_header(self, eof: int, rgnid: list[int], nbt: tuple[int, int], bbt: tuple[int, int]) -> None:
         header = bytearray(HEADER_SIZE)
@@ -351,7 +365,7 @@ class FileWriter:
         header[384:512] = b"\xff" * 128
         header[512] = 0x80                                              # bSentinel
         header[513] = 0                                                 # bCryptMethod: none
-        struct.pack_into("<Q", header, 516, self.next_block << 2)       # bidNextB
+        struct.pack_into("<Q", header, 516, self.next_table_block << 2)  # bidNextB, above both ranges
         struct.pack_into("<I", header, 4, crc(header[8:8 + 471]))
         struct.pack_into("<I", header, 524, crc(header[8:8 + 516]))
         self._flush()
@@ -373,6 +387,6 @@ def _spooled(spool, size: int) -> Iterator[bytes]:
             yield data[start:start + size]
 
 
-def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+def _chain(first: Iterable[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from first
     yield from rest
