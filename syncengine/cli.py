@@ -32,6 +32,11 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except store.StoreError as exc:
             _fail(str(exc), EXIT_STORE)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as cat and grep do, and keep
+            # Python from complaining while it flushes the closed stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_OK)
         except OSError as exc:
             _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_STORE)
 
