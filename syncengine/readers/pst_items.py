@@ -32,6 +32,9 @@ _R = bytes.fromhex(
     "10f10c19ecae03a1147ba90bfff8a3c0a201f72ebc2468750dfeba2fb5d0da3d"
 )
 SUBNODE, XBLOCK = 0x02, 0x01
+# Parsed block B-tree pages kept. Messages are read in node order and their blocks were
+# written in that order, so the pages needed next are those just used: a thousand do.
+PAGE_CACHE = 1024
 FIXED = {0x0002: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x000B: 1, 0x0005: 8, 0x0006: 8, 0x0007: 8,
          0x0014: 8, 0x0040: 8, 0x0048: 16}
 INLINE = {0x0002, 0x0003, 0x0004, 0x000A, 0x000B}
@@ -126,7 +129,7 @@ class Store:
             else:
                 rows = [(key & ~1, (at, 0)) for key, _, at in struct.iter_unpack("<QQQ", page[:count * 24])]
             parsed = (level, [key for key, _ in rows], [value for _, value in rows])
-            if len(self._pages) > 65536:
+            if len(self._pages) > PAGE_CACHE:
                 self._pages.clear()
             self._pages[ib] = parsed
         return parsed
