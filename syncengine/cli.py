@@ -68,7 +68,7 @@ def open_store(db: Path, create: bool = True):
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object a line per source file, then a {\"summary\": ...} line.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Processes parsing MSG/EML files (default: one per core).")
+              help="Processes parsing MSG/EML files and stores of 20,000 messages or more (default: one per core).")
 def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, workers: int | None) -> None:
     """Index mailbox exports into the store, incrementally.
 
@@ -76,8 +76,8 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
     files whose folder names are the mailbox folders (Inbox, Sent Items, ...).
 
     Running it again re-reads only files whose size or modification time changed;
-    a changed PST is walked again and the index follows it, and a file that has
-    disappeared from a folder tree drops its messages.
+    in a changed PST/OST only the messages that changed are read (its node B-tree
+    says which), and a file that has disappeared from a folder tree drops its messages.
 
     A file that cannot be read gets a one-line error naming it and the reason; the
     run goes on with the other files.
