@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 import struct
+from array import array
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,8 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
         if direct is not None and not direct.errors:
             try:
                 result.skipped = direct.skipped
-                indexes = [i for i, parent in enumerate(nodes.parents) if parent in direct.folders]
+                inside = direct.folders
+                indexes = array("L", (i for i, parent in enumerate(nodes.parents) if parent in inside))
                 if workers > 1 and len(indexes) >= PARALLEL_FROM:
                     yield from _parallel(path, nodes, indexes, result, workers)
                 else:
@@ -144,15 +146,14 @@ PARALLEL_FROM = 20_000   # messages: below this, starting processes costs more t
 CHUNK = 2_000
 
 
-def _parallel(path: Path, nodes: pst_nodes.Nodes, indexes: list[int], result: SourceResult,
+def _parallel(path: Path, nodes: pst_nodes.Nodes, indexes: array, result: SourceResult,
               workers: int) -> Iterator[Record]:
     """Records in node order, parsed by `workers` processes that each open the store
     once; at most two chunks per worker are in flight, so memory stays flat."""
-    chunks = [indexes[i:i + CHUNK] for i in range(0, len(indexes), CHUNK)]
     with ProcessPoolExecutor(max_workers=workers, initializer=_open_worker, initargs=(path, nodes)) as pool:
         pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_read_worker, chunk))
+        for start in range(0, len(indexes), CHUNK):
+            pending.append(pool.submit(_read_worker, indexes[start:start + CHUNK]))
             if len(pending) >= 2 * workers:
                 records, errors = pending.popleft().result()
                 result.errors.extend(errors)
@@ -171,7 +172,7 @@ def _open_worker(path: Path, nodes: pst_nodes.Nodes) -> None:
     _worker = Direct(path, nodes)
 
 
-def _read_worker(indexes: list[int]) -> tuple[list[Record], list[ReadError]]:
+def _read_worker(indexes: array) -> tuple[list[Record], list[ReadError]]:
     result = SourceResult()
     records = list(_worker.records(indexes, result))
     return records, result.errors
@@ -572,7 +573,7 @@ class Direct:
         self.skipped = sum(node.count for nid, node in tree.items() if nid not in self.folders)
         self.named = _named_property_ids(view, DELIVERY_HEADER)
 
-    def records(self, indexes: list[int], result: SourceResult) -> Iterator[Record]:
+    def records(self, indexes: Iterable[int], result: SourceResult) -> Iterator[Record]:
         """Records for the messages at `indexes` of `nodes`; failures go to `result.errors`."""
         nodes = self.nodes
         for index in indexes:
