@@ -65,6 +65,9 @@ def specs(count: int, seed: int, suffix: str) -> list[tuple[Spec, bool]]:
             message_id = None                                  # no Message-ID (C5)
         elif roll < 0.03:
             message_id = "<noreply@app.example>"               # one id stamped on many (C4)
+            # ... at distinct seconds: the same id and second would be one message (C4),
+            # which the ground truth (one entry a message written) does not model.
+            when = EPOCH + timedelta(seconds=n)
         else:
             message_id = f"<m{n}.{seed}@mail.example>"
         spec = Spec(f"{folder}/m{n:07d}{suffix}", subject, sender, to, cc=cc, message_id=message_id,
