@@ -14,7 +14,6 @@ first appeared: the continuity engine must not mistake a move for a new arrival.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +23,7 @@ from pathlib import Path
 import sqlite_utils
 
 from . import folders, normalise
-from .readers import eml, msg, pst, pst_nodes
+from .readers import eml, msg, pst, pst_items, pst_nodes
 from .record import ReadError, Record, SourceResult
 from .store import transaction
 
@@ -222,7 +221,7 @@ def _nodes(path: Path) -> pst_nodes.Nodes | None:
     """A store's node B-tree, or None when it cannot serve an incremental re-read."""
     try:
         return pst_nodes.read(path)
-    except (pst_nodes.NodeTreeError, OSError, struct.error):
+    except pst_items.UNREADABLE:
         return None
 
 
@@ -486,7 +485,7 @@ class Writer:
             return None
         try:
             direct = pst.Direct(task.path, nodes)
-        except (pst_nodes.NodeTreeError, OSError, ValueError, struct.error):
+        except pst_items.UNREADABLE:
             return None
         try:
             if direct.errors:
@@ -531,7 +530,7 @@ class Writer:
             return
         try:
             direct = pst.Direct(path, nodes)
-        except (pst_nodes.NodeTreeError, OSError, ValueError, struct.error):
+        except pst_items.UNREADABLE:
             return
         direct.close()
         if direct.errors:

@@ -73,3 +73,28 @@ def test_a_store_parsed_by_two_processes_gives_the_same_records_in_node_order(tm
     parallel = SourceResult()
     got = list(pst.read(path, parallel, workers=2))
     assert got == expected and len(got) == 700 and not parallel.errors
+
+
+def test_corrupt_bytes_anywhere_past_the_header_give_recorded_errors_never_a_crash_n3(tmp_path):
+    """Found by corrupting stores at random: a damaged item raised IndexError (or an
+    offset too large for pread, OverflowError) out of the reader instead of an error."""
+    import random
+    path = tmp_path / "c.pst"
+    with PstWriter(path) as writer:
+        for n in range(120):
+            writer.add(["Inbox", "Sent Items", "Inbox/A"][n % 3],
+                       Message(subject=f"S{n}", sender="b@example.org", to=["a@acme.example"], message_id=f"<{n}@x>",
+                               headers="To: a@acme.example\r\n\r\n" if n % 2 else None))
+    good = path.read_bytes()
+    rng = random.Random(3)
+    damaged = 0
+    for _ in range(150):
+        data = bytearray(good)
+        for _ in range(rng.choice([1, 5, 50, 500])):
+            data[rng.randrange(0x4400, len(data))] = rng.randrange(256)
+        path.write_bytes(data)
+        result = SourceResult()
+        records = list(pst.read(path, result))  # must not raise
+        assert all(e.where and e.reason for e in result.errors)
+        damaged += bool(result.errors or result.fatal or len(records) != 120)
+    assert damaged > 0  # the corruption did reach the reader

@@ -90,7 +90,7 @@ def count_messages(path: Path) -> int:
     read directly (opening a large store in pypff takes a minute), else folder counts."""
     try:
         nodes = pst_nodes.read(path)
-    except (pst_nodes.NodeTreeError, OSError, struct.error):
+    except pst_items.UNREADABLE:
         nodes = None
     if nodes is not None:
         return len(nodes.nids)
@@ -118,12 +118,12 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
     if nodes is None:
         try:
             nodes = pst_nodes.read(path)
-        except (pst_nodes.NodeTreeError, OSError, struct.error):
+        except pst_items.UNREADABLE:
             nodes = None
     if nodes is not None:
         try:
             direct = Direct(path, nodes)
-        except (pst_nodes.NodeTreeError, OSError, ValueError, struct.error):
+        except pst_items.UNREADABLE:
             direct = None
         if direct is not None and not direct.errors:
             try:
@@ -582,7 +582,7 @@ class Direct:
             try:
                 item = _DirectItem(self.store, nid, *nodes.message(index))
                 yield _record(item, path, role, self.named)
-            except (OSError, ValueError, UnicodeDecodeError, struct.error) as exc:
+            except pst_items.UNREADABLE as exc:
                 result.errors.append(ReadError(f"{path or '/'}#{nid}", str(exc)))
 
     def close(self) -> None:

@@ -45,6 +45,12 @@ class ItemError(OSError):
     An OSError, as libpff's own failures are, so both readers' callers treat it alike."""
 
 
+# What malformed store bytes raise in this reader or pst_nodes: a store or item that
+# cannot be read, never a crash of the caller (UnicodeDecodeError is a ValueError;
+# OverflowError is an offset past what pread takes).
+UNREADABLE = (NodeTreeError, OSError, ValueError, struct.error, IndexError, OverflowError)
+
+
 class Entry:
     """One property, shaped as pypff's record entry (what readers/pst.py asks of it);
     its value is read from the heap or a subnode when first asked for."""
@@ -158,26 +164,27 @@ class Store:
             data = data.translate(self.decode)
         return data
 
-    def data(self, bid: int) -> list[bytes]:
-        """A node's data blocks in order (one, or the leaves of an XBLOCK/XXBLOCK)."""
+    def data(self, bid: int, levels: int = 2) -> list[bytes]:
+        """A node's data blocks in order (one, or the leaves of an XBLOCK/XXBLOCK);
+        `levels` bounds the tree, so a block that lists itself cannot recurse."""
         if not bid & 2:
             return [self.block(bid)]
         raw = self.block(bid)
         kind, level, count = raw[0], raw[1], struct.unpack_from("<H", raw, 2)[0]
-        if kind != XBLOCK or level not in (1, 2) or 8 + 8 * count > len(raw):
+        if kind != XBLOCK or level not in (1, 2) or level > levels or 8 + 8 * count > len(raw):
             raise ItemError(f"block 0x{bid:x} is not a data tree")
         out: list[bytes] = []
         for child in struct.unpack_from(f"<{count}Q", raw, 8):
-            out.extend(self.data(child) if level == 2 else [self.block(child)])
+            out.extend(self.data(child, 1) if level == 2 else [self.block(child)])
         return out
 
-    def subnodes(self, bid: int) -> dict[int, tuple[int, int]]:
-        """nid -> (data BID, subnode BID) for a node's subnode tree."""
+    def subnodes(self, bid: int, levels: int = 1) -> dict[int, tuple[int, int]]:
+        """nid -> (data BID, subnode BID) for a node's subnode tree (SIBLOCK over SLBLOCKs)."""
         if not bid:
             return {}
         raw = self.block(bid)
         kind, level, count = raw[0], raw[1], struct.unpack_from("<H", raw, 2)[0]
-        if kind != SUBNODE or level not in (0, 1):
+        if kind != SUBNODE or level not in (0, 1) or level > levels:
             raise ItemError(f"block 0x{bid:x} is not a subnode tree")
         found: dict[int, tuple[int, int]] = {}
         if level == 0:
@@ -185,7 +192,7 @@ class Store:
                 found[nid & 0xFFFFFFFF] = (data, sub)
         else:
             for _, child in struct.iter_unpack("<QQ", raw[8:8 + 16 * count]):
-                found.update(self.subnodes(child))
+                found.update(self.subnodes(child, 0))
         return found
 
     # -- LTP --------------------------------------------------------------------------
