@@ -88,3 +88,12 @@ def test_an_unknown_event_or_a_missing_mailbox_choice_is_refused_with_the_choice
     records = list(pst_reader.read(tmp_path / "c.pst", SourceResult()))
     assert records and {r.delivery_tag.split("/")[0] for r in records} == {event}
     assert len(records) == len(_delivered(db, event, mailboxes[1]))
+
+
+def test_a_link_planted_at_the_exports_temporary_name_is_refused_not_followed(replayed, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"keep")
+    (tmp_path / ".recovered.pst.partial").symlink_to(elsewhere)
+    result = run_cli("export-pst", "--db", str(replayed), "--event", "outage", str(tmp_path / "recovered.pst"))
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert elsewhere.read_bytes() == b"keep" and not (tmp_path / "recovered.pst").exists()

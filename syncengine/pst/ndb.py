@@ -101,7 +101,8 @@ class FileWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Never through a link planted at the temporary name: the export would land there.
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         self.buffer = bytearray()
         self.buffer_start = 0
         self.section = -1
