@@ -61,7 +61,7 @@ def open_store(db: Path, create: bool = True):
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The store to index into (created if missing).")
 @click.option("--mailbox", required=True, help="The address of the mailbox these exports belong to.")
@@ -69,11 +69,21 @@ def open_store(db: Path, create: bool = True):
               help="One JSON object a line per source file, then a {\"summary\": ...} line.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes parsing MSG/EML files and stores of 20,000 messages or more (default: one per core).")
-def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, workers: int | None) -> None:
+@click.option("--no-local-mail", is_flag=True,
+              help="Instead of PATHS: declare that MAILBOX has no local mail at all (a new employee, a "
+                   "web-only user), so an event delivers every entry to it.")
+def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, workers: int | None,
+          no_local_mail: bool) -> None:
     """Index mailbox exports into the store, incrementally.
 
     PATHS are PST/OST files, single .msg/.eml files, or folder trees of .msg/.eml
     files whose folder names are the mailbox folders (Inbox, Sent Items, ...).
+
+    Each PATH belongs to MAILBOX from the moment it is named, before it is read:
+    an event decides nothing for MAILBOX until every export named for it has read
+    once (C19), and what that first read finds is the mailbox's own mail, never
+    taken for an Exchange copy. A mailbox with no export at all waits too, unless
+    you declare it has none (--no-local-mail).
 
     Running it again re-reads only files whose size or modification time changed;
     in a changed PST/OST only the messages that changed are read (its node B-tree
@@ -98,6 +108,14 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
         mailbox = normalise.mailbox(mailbox)
     except ValueError as exc:
         _fail(f"--mailbox: {exc}", 2)
+    if no_local_mail == bool(paths):
+        _fail("name the exports to index (PATHS), or declare --no-local-mail, not both", 2)
+    if no_local_mail:
+        if _via_daemon(db, {"command": "index", "mailbox": mailbox, "no_local_mail": [mailbox]}) is None:
+            indexing.declare_no_local_mail(open_store(db), mailbox, _now())
+        click.echo(f"{mailbox}: declared to have no local mail; an event delivers every entry to it")
+        return
+
     def on_file(report: dict) -> None:
         if as_json:
             click.echo(json.dumps(report, ensure_ascii=False))
@@ -404,25 +422,36 @@ def event() -> None:
 @click.argument("name")
 @click.option("--mailbox", "mailboxes", multiple=True, required=True, help="A covered mailbox (repeatable).")
 @click.option("--expand-distribution-lists", is_flag=True, help="Deliver list mail to members (C16).")
+@click.option("--no-local-mail", "no_local_mail", multiple=True, metavar="ADDRESS",
+              help="A covered mailbox that has no local mail at all (a new employee, a web-only user): "
+                   "every entry is new to it (repeatable).")
 @DB_OPTION
-def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists: bool, db: Path) -> None:
+def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists: bool,
+                no_local_mail: tuple[str, ...], db: Path) -> None:
     """Start event NAME now and reconcile its mailboxes (C3).
 
     Every entry visible so far is matched against the index; what is not in the
     mailbox is delivered. A mailbox already in an open event is refused.
+
+    A mailbox whose exports have not all read once, or that has none, waits for its
+    index (C19): nothing is decided for it until they have read, then it is
+    reconciled. `syncengine status` names what it waits for.
     """
     forwarded = _via_daemon(db, {"command": "event_start", "event": name, "mailboxes": list(mailboxes),
-                                 "expand_distribution_lists": expand_distribution_lists})
+                                 "expand_distribution_lists": expand_distribution_lists,
+                                 "no_local_mail": list(no_local_mail)})
     if forwarded is not None:
         click.echo(f"event {name} started: reconcile wrote {forwarded['deltas']} deltas")
+        _warn_waiting(open_store(db, create=False), name)
         return
     database = open_store(db)
     try:
-        written = engine.start_event(database, name, list(mailboxes), expand_distribution_lists, _now())
+        written = engine.start_event(database, name, list(mailboxes), expand_distribution_lists, _now(),
+                                     list(no_local_mail))
     except engine.EngineError as exc:
         _fail(str(exc))
     click.echo(f"event {name} started: reconcile wrote {len(written)} deltas")
-    _warn_waiting(database)
+    _warn_waiting(database, name)
 
 
 @event.command("end")
@@ -452,11 +481,17 @@ def sync(db: Path) -> None:
     _warn_waiting(database)
 
 
-def _warn_waiting(database) -> None:
+def _warn_waiting(database, event: str | None = None) -> None:
     for item in engine.waiting(database.conn):
-        click.echo(printable(f"warning: {item['mailbox']} is waiting for its index ({item['export']}: "
-                             f"{item['why']}); nothing is decided for it until `syncengine index` reads it (C19)"),
-                   err=True)
+        if event is None or item["event"] == event:
+            click.echo(printable(f"warning: {_waiting_line(item)}"), err=True)
+
+
+def _waiting_line(item: dict) -> str:
+    if item["export"] is None:
+        return f"{item['mailbox']} is waiting for its index: {item['why']}"
+    return (f"{item['mailbox']} is waiting for its index ({item['export']}: {item['why']}); nothing is decided "
+            "for it until `syncengine index` (or the daemon) has read it (C19)")
 
 
 @cli.command()
@@ -512,7 +547,8 @@ def status(db: Path | None, config: Path | None, as_json: bool) -> None:
         for mailbox, counts in item["report"].items():
             click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for item in info["waiting"]:
-        click.echo(printable(f"waiting for index: {item['mailbox']} in {item['event']}: {item['export']}: {item['why']}"))
+        click.echo(printable(f"waiting for index: {item['mailbox']} in {item['event']}: "
+                             + (f"{item['export']}: {item['why']}" if item["export"] else item["why"])))
     for item in info["stale"]:
         click.echo(printable(f"stale: {item['file']} ({item['mailbox']}): {item['stale']}"))
     click.echo(f"{info['deltas']} deltas in the log")

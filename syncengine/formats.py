@@ -116,19 +116,21 @@ class Settings(msgspec.Struct):
 
 class MailboxExport(msgspec.Struct):
     address: str
-    export: str
+    export: str | None = None    # None only with no_local_mail (C19)
+    no_local_mail: bool = False  # the mailbox has no local mail at all: every entry is new to it
 
 
 class Step(msgspec.Struct):
     at: str
     do: Literal["snapshot", "start_event", "end_event", "exchange_deliver", "exchange_remove",
-                "outbox_add", "directory_sync", "restart"]
+                "outbox_add", "directory_sync", "restart", "add_export"]
     path: str | None = None
     event: str | None = None
     mailbox: str | None = None
     mailboxes: list[str] = []
     folder: str | None = None
     expand_distribution_lists: bool = False
+    no_local_mail: list[str] = []  # start_event: mailboxes declared to have no local mail (C19)
 
 
 class Expectation(msgspec.Struct):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import folders, normalise
+from . import coverage, folders, normalise
 from .readers import eml, msg, pst, pst_items, pst_nodes
 from .record import ReadError, Record, SourceResult
 from .store import transaction
@@ -259,6 +259,7 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
     known = writer.known_sources()
     owned = writer.export_owners([e.path for e in exports])
     refused = {e.path for e in exports if owned.get(text(e.path), mailbox) != mailbox}
+    writer.declare([e.path for e in exports if e.path not in refused])  # C19: before anything is read
     for export in exports:
         if export.path in refused:
             report(_problem(export.path, f"already indexed for mailbox {owned[text(export.path)]}; "
@@ -281,7 +282,8 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
             continue
         previous = known.get(text(task.path))
         if previous and previous["size"] == stat.st_size and previous["mtime_ns"] == stat.st_mtime_ns \
-                and previous["mailbox"] == mailbox and previous["root"] == text(task.root):
+                and previous["mailbox"] == mailbox and previous["root"] == text(task.root) \
+                and previous["missing_since"] is None:  # back after going missing: read, so it counts again
             report(writer.previous_report(previous))
             if progress:
                 progress(previous["messages"] if task.kind == "pst" else 1)
@@ -306,6 +308,12 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
     return summary
 
 
+def declare_no_local_mail(db: sqlite_utils.Database, mailbox: str, now: float) -> None:
+    """C19: `mailbox` has no local mail at all; with no export declared, its index is whole."""
+    with transaction(db.conn) as conn:
+        coverage.declare_mailbox(conn, normalise.mailbox(mailbox), True, now)
+
+
 def forget(db: sqlite_utils.Database, path: Path) -> int:
     """An export gone for good: its sources and locations are dropped and it no longer
     holds its mailbox waiting. Returns the number of sources dropped."""
@@ -318,7 +326,7 @@ def forget(db: sqlite_utils.Database, path: Path) -> int:
         conn.executemany("DELETE FROM sources WHERE id = ?", [(i,) for i in ids])
         conn.executemany("DELETE FROM store_items WHERE source_id = ?", [(i,) for i in ids])
         conn.executemany("DELETE FROM store_folders WHERE source_id = ?", [(i,) for i in ids])
-        conn.execute("DELETE FROM exports WHERE path = ?", (name,))
+        coverage.forget(conn, name)
     collect_garbage(db.conn)
     return len(ids)
 
@@ -350,13 +358,13 @@ class Writer:
             " subject_norm TEXT, received INTEGER, locator TEXT, folder TEXT, role TEXT,"
             " message_id TEXT, mid_source TEXT, submit_ts INTEGER, subject TEXT, sender TEXT,"
             " recipients TEXT, resent_key TEXT, message_class TEXT, delivery_tag TEXT)")
-        # Locations dropped in this run, so that a move keeps its first `seen_at`.
-        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS gone (message INTEGER, mailbox TEXT, seen_at REAL)")
+        # Locations dropped in this run, so that a move keeps its first `seen_at` and its baseline.
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS gone (message INTEGER, mailbox TEXT, seen_at REAL,"
+                          " baseline INTEGER)")
         # Every location inserted looks up its message here: unindexed, re-reading 70,000
         # messages of a store took six minutes instead of seconds.
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.gone_message ON gone(message, mailbox)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.walk_key ON walk(source_id, locator)")
-        self.conn.create_function("fingerprint", 1, normalise.fingerprint, deterministic=True)
 
     def known_sources(self) -> dict[str, dict]:
         return {row["path"]: row for row in self.db.query("SELECT * FROM sources")}
@@ -402,12 +410,12 @@ class Writer:
                 if row is None:
                     continue
                 purged = "SELECT location FROM purged" if keep else "SELECT id FROM locations"
-                self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
+                self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at, baseline FROM locations"
                                   f" WHERE source_id = ? AND id IN ({purged})", row)
                 self.conn.execute(f"DELETE FROM locations WHERE source_id = ? AND id IN ({purged})", row)
                 if keep:
-                    self.conn.execute("UPDATE sources SET stale = 'missing: kept while an event covers its mailbox'"
-                                      " WHERE id = ?", row)
+                    self.conn.execute("UPDATE sources SET stale = 'missing: kept while an event covers its mailbox',"
+                                      " missing_since = coalesce(missing_since, ?) WHERE id = ?", (self.now, row[0]))
                 else:
                     self.conn.execute("DELETE FROM sources WHERE id = ?", row)
                     self.conn.execute("DELETE FROM store_items WHERE source_id = ?", row)
@@ -415,9 +423,15 @@ class Writer:
                     dropped += 1
         return dropped
 
+    def declare(self, paths: list[Path]) -> None:
+        """C19: the exports belong to this mailbox before their first read, so a decision
+        taken while they are read waits for them (and a kill -9 mid-read leaves them so)."""
+        with transaction(self.conn):
+            coverage.declare_exports(self.conn, self.mailbox, [text(p) for p in paths], self.now)
+
     def record_exports(self, exports: list[Export]) -> None:
         """An export is good once it has read: a tree that could be walked, a file whose
-        source read (in whole or in part). `good_at` keeps the first such time."""
+        source read (in whole or in part)."""
         with transaction(self.conn):
             for export in exports:
                 problem = export.problem
@@ -425,13 +439,7 @@ class Writer:
                     row = self.conn.execute("SELECT status, stale FROM sources WHERE path = ?",
                                             (text(export.path),)).fetchone()
                     problem = None if row and row[0] != "error" else "could not be read"
-                # A lost export no longer counts as read: its mailbox waits until it reads
-                # again, or until `syncengine forget` says it is gone for good (C19).
-                self.conn.execute(
-                    "INSERT INTO exports VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET"
-                    " good_at = CASE WHEN ? THEN NULL ELSE coalesce(exports.good_at, excluded.good_at) END,"
-                    " checked_at = excluded.checked_at, problem = excluded.problem",
-                    (text(export.path), self.mailbox, None if problem else self.now, self.now, problem, export.lost))
+                coverage.record_read(self.conn, self.mailbox, text(export.path), problem, export.lost, self.now)
 
     def write_stores(self, stores: list[tuple[Task, int, int]], progress: Progress | None,
                      workers: int | None) -> Iterator[FileReport]:
@@ -656,9 +664,11 @@ class Writer:
         known = self._known_id(task)
         if known is not None:
             return known
+        # C19: a file found while its export has not read once belongs to the baseline
+        baseline = not coverage.is_read(self.conn, text(task.root))
         cursor = self.conn.execute(
-            "INSERT INTO sources (path, root, kind, mailbox, status, indexed_at) VALUES (?, ?, ?, ?, 'ok', ?)",
-            (text(task.path), text(task.root), task.kind, self.mailbox, self.now))
+            "INSERT INTO sources (path, root, kind, mailbox, status, indexed_at, baseline) VALUES (?, ?, ?, ?, 'ok', ?, ?)",
+            (text(task.path), text(task.root), task.kind, self.mailbox, self.now, int(baseline)))
         return cursor.lastrowid
 
     def _staged(self, source_id: int, record: Record) -> tuple:
@@ -680,7 +690,7 @@ class Writer:
             stale = (f"SELECT l.id FROM locations l JOIN messages m ON m.id = l.message"
                      f" WHERE l.source_id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM walk w"
                      f" WHERE w.source_id = l.source_id AND w.locator = l.locator AND w.identity = m.identity)")
-            self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
+            self.conn.execute(f"INSERT INTO gone SELECT message, mailbox, seen_at, baseline FROM locations"
                               f" WHERE id IN ({stale})", source_ids)
             self.conn.execute(f"DELETE FROM locations WHERE id IN ({stale})", source_ids)
         self._insert_staged()
@@ -689,7 +699,7 @@ class Writer:
         """Locations that are gone or about to be replaced; remembered in `gone` so a
         message that is still there keeps the time it first appeared."""
         rows = [(source_id, locator) for locator in locators]
-        self.conn.executemany("INSERT INTO gone SELECT message, mailbox, seen_at FROM locations"
+        self.conn.executemany("INSERT INTO gone SELECT message, mailbox, seen_at, baseline FROM locations"
                               " WHERE source_id = ? AND locator = ?", rows)
         self.conn.executemany("DELETE FROM locations WHERE source_id = ? AND locator = ?", rows)
 
@@ -701,16 +711,23 @@ class Writer:
             " subject_norm, sender, recipients, resent_key, message_class)"
             " SELECT identity, fingerprint, message_id, submit_ts, subject, subject_norm, sender,"
             " recipients, resent_key, message_class FROM walk")
+        # A message that moved keeps when it first appeared and whether it was baseline: from
+        # a location dropped in this run, or one kept in a source gone missing during an event.
         self.conn.execute(
             "INSERT INTO locations (message, source_id, mailbox, locator, folder, role, received,"
-            " mid_source, delivery_tag, seen_at)"
-            " SELECT m.id, w.source_id, ?, w.locator, w.folder, w.role, w.received, w.mid_source,"
-            " w.delivery_tag, COALESCE((SELECT min(g.seen_at) FROM gone g"
-            "   WHERE g.message = m.id AND g.mailbox = ?), ?)"
-            " FROM walk w JOIN messages m ON m.identity = w.identity"
+            " mid_source, delivery_tag, seen_at, baseline)"
+            " SELECT m.id, w.source_id, ?1, w.locator, w.folder, w.role, w.received, w.mid_source, w.delivery_tag,"
+            " coalesce(min(g.seen_at, k.seen_at), g.seen_at, k.seen_at, ?2),"
+            " max(s.baseline, coalesce(g.baseline, 0), coalesce(k.baseline, 0))"
+            " FROM walk w JOIN messages m ON m.identity = w.identity JOIN sources s ON s.id = w.source_id"
+            " LEFT JOIN (SELECT message, min(seen_at) AS seen_at, max(baseline) AS baseline FROM gone"
+            "   WHERE mailbox = ?1 GROUP BY message) g ON g.message = m.id"
+            " LEFT JOIN (SELECT l.message, min(l.seen_at) AS seen_at, max(l.baseline) AS baseline FROM locations l"
+            "   JOIN sources ks ON ks.id = l.source_id WHERE ks.missing_since IS NOT NULL AND l.mailbox = ?1"
+            "   GROUP BY l.message) k ON k.message = m.id"
             " WHERE NOT EXISTS (SELECT 1 FROM locations l WHERE l.source_id = w.source_id"
             "   AND l.locator = w.locator)",
-            (self.mailbox, self.mailbox, self.now))
+            (self.mailbox, self.now))
         self.conn.execute(
             "UPDATE locations SET folder = w.folder, role = w.role, received = w.received,"
             " mid_source = w.mid_source, delivery_tag = w.delivery_tag"
@@ -726,12 +743,14 @@ class Writer:
         self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
                               [(source_id, text(task.path), e.where, e.reason) for e in result.errors])
         kept = result.fatal and stale is not None
+        # A successful read ends the source's baseline (C19): what appears in it later is an arrival.
         self.conn.execute(
             "UPDATE sources SET root = ?, kind = ?, mailbox = ?, status = ?, skipped = ?, indexed_at = ?, stale = ?,"
+            " missing_since = NULL, baseline = CASE WHEN ? THEN baseline ELSE 0 END,"
             " size = CASE WHEN ? THEN size ELSE ? END, mtime_ns = CASE WHEN ? THEN mtime_ns ELSE ? END,"
             " messages = CASE WHEN ? THEN messages ELSE coalesce(?, (SELECT count(*) FROM walk WHERE source_id = ?)) END,"
             " good_at = CASE WHEN ? THEN good_at ELSE ? END WHERE id = ?",
-            (text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale,
+            (text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale, result.fatal,
              kept, size, kept, mtime_ns, kept, messages, source_id, result.fatal, self.now, source_id))
 
 

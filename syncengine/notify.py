@@ -459,7 +459,7 @@ class Server:
                 return []
             if isinstance(request, protocol.StartEvent):
                 written = engine.start_event(self.db, request.event, request.mailboxes,
-                                             request.expand_distribution_lists, now)
+                                             request.expand_distribution_lists, now, request.no_local_mail)
                 self.publish_new()
                 return [{"op": "event_started", "event": request.event, "deltas": len(written)}]
             engine.end_event(self.db, request.event, now)

@@ -50,6 +50,7 @@ class StartEvent(msgspec.Struct, tag="start_event", tag_field="op"):
     event: Name
     mailboxes: Mailboxes
     expand_distribution_lists: bool = False
+    no_local_mail: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAILBOXES)] = []  # C19
 
 
 class EndEvent(msgspec.Struct, tag="end_event", tag_field="op"):
@@ -73,6 +74,7 @@ class Admin(msgspec.Struct, tag="admin", tag_field="op"):
     mailboxes: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAILBOXES)] = []
     event: Name | None = None
     expand_distribution_lists: bool = False
+    no_local_mail: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAILBOXES)] = []
 
 
 Request = Hello | Ack | Status | StartEvent | EndEvent | Content | Admin
@@ -96,6 +98,8 @@ def parse(body: bytes) -> Request:
     try:
         if isinstance(request, (Hello, StartEvent)):
             request.mailboxes = list(dict.fromkeys(normalise.mailbox(m) for m in request.mailboxes))
+        if isinstance(request, (StartEvent, Admin)):
+            request.no_local_mail = list(dict.fromkeys(normalise.mailbox(m) for m in request.no_local_mail))
         if isinstance(request, Hello) and request.since is not None:
             request.since = {normalise.mailbox(k): v for k, v in request.since.items()}
         if isinstance(request, (Ack, Content)):

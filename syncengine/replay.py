@@ -18,7 +18,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import engine, files, formats, index, normalise, store
+from . import coverage, engine, files, formats, index, normalise, store
 from .store import transaction
 
 LOAD_STEP = -1  # exports and directory, before the first timeline entry
@@ -52,7 +52,8 @@ def load_scenario(folder: Path) -> formats.Scenario:
         formats.check_time(step.at, str(where), f"$.timeline[{number}].at")
         needs = {"snapshot": ["path"], "directory_sync": ["path"], "start_event": ["event"],
                  "end_event": ["event"], "exchange_deliver": ["mailbox", "folder", "path"],
-                 "exchange_remove": ["mailbox", "path"], "outbox_add": ["mailbox", "path"]}.get(step.do, [])
+                 "exchange_remove": ["mailbox", "path"], "outbox_add": ["mailbox", "path"],
+                 "add_export": ["mailbox", "path"]}.get(step.do, [])
         for name in needs:
             if getattr(step, name) is None:
                 raise formats.FormatError(f"{where}: $.timeline[{number}].{name}: required for {step.do!r}")
@@ -69,9 +70,13 @@ def load_scenario(folder: Path) -> formats.Scenario:
         except (ValueError, files.OutsideError) as exc:
             raise formats.FormatError(f"{where}: {exc}") from None
     for number, mailbox in enumerate(scenario.mailboxes):
+        if (mailbox.export is None) != mailbox.no_local_mail:  # C19: coverage is declared
+            raise formats.FormatError(f"{where}: $.mailboxes[{number}]: give its export, or \"no_local_mail\": true "
+                                      "(and no export) for a mailbox that has no local mail")
         try:
             mailbox.address = normalise.mailbox(mailbox.address)
-            files.inside(folder, mailbox.export, f"$.mailboxes[{number}].export")
+            if mailbox.export is not None:
+                files.inside(folder, mailbox.export, f"$.mailboxes[{number}].export")
         except files.OutsideError as exc:
             raise formats.FormatError(f"{where}: {exc}") from None
         except ValueError as exc:
@@ -145,7 +150,12 @@ def _load(db, scenario: formats.Scenario, folder: Path, now: float, say: Say) ->
     with transaction(db.conn) as conn:
         engine.set_settings(conn, scenario.settings)
     for mailbox in scenario.mailboxes:
-        _index(db, [folder / mailbox.export], mailbox.address, now, say)
+        with transaction(db.conn) as conn:
+            coverage.declare_mailbox(conn, mailbox.address, mailbox.no_local_mail, now)
+        # The overlay is part of the mailbox from the start: what the timeline adds to it
+        # later arrives in an export that has read, never in a first read (a baseline, C19).
+        overlay = files.private_dir(overlay_root(db, mailbox.address))
+        _index(db, ([folder / mailbox.export] if mailbox.export else []) + [overlay], mailbox.address, now, say)
     sync = None
     if scenario.directory:
         try:
@@ -202,7 +212,8 @@ def _apply(db, scenario: formats.Scenario, number: int, now: float, folder: Path
         if step.do == "start_event":
             say(f"{stamp}  start event {step.event} for {', '.join(step.mailboxes)}")
             with transaction(db.conn) as conn:
-                written = engine.start_event_in(conn, step.event, step.mailboxes, step.expand_distribution_lists, now)
+                written = engine.start_event_in(conn, step.event, step.mailboxes, step.expand_distribution_lists, now,
+                                                no_local_mail=step.no_local_mail)
                 _mark(conn, number, now)
             for delta in written:
                 say(_describe(delta))
@@ -214,7 +225,11 @@ def _apply(db, scenario: formats.Scenario, number: int, now: float, folder: Path
                 _mark(conn, number, now)
             say(f"{stamp}  end event {step.event}")
             return
-        _exchange(db, step, number, now, folder, scenario.timeline, say)
+        if step.do == "add_export":  # declared now, read now: C19's late coverage
+            say(f"{stamp}  {step.mailbox}: export {step.path} added")
+            _index(db, [_input(folder, step.path)], step.mailbox, now, say)
+        else:
+            _exchange(db, step, number, now, folder, scenario.timeline, say)
     except (formats.FormatError, engine.EngineError, files.OutsideError) as exc:
         say(f"error: {stamp} {step.do}: {exc}")
     with transaction(db.conn) as conn:  # steps whose effect is not one engine transaction

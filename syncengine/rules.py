@@ -62,10 +62,6 @@ def c5_match(a: Msg, b: Msg) -> bool:
             and _within(a.submit_ts, b.submit_ts, C5_WINDOW))
 
 
-def same_message(a: Msg, b: Msg) -> bool:
-    return c4_match(a, b) or c5_match(a, b)
-
-
 def class_verdict(message_class: str, calendar_items: bool) -> str | None:
     """None when C10 lets the class be delivered, else the defer reason."""
     cls = message_class.lower()
@@ -105,20 +101,23 @@ class EntryDecision:
 @dataclass
 class Delivered:
     """Deliveries of this event to this mailbox; grows as a batch is decided (C8, C17).
-    Looked up by Message-ID and by fallback key, so large events stay fast."""
+    An entry with a Message-ID is the same message as a delivery it C4-matches; two
+    entries without one are the same only when they carry the same Mimecast id (C5),
+    which is what their fingerprint digests."""
 
     by_mid: dict[str, list[Msg]] = field(default_factory=dict)
-    by_key: dict[tuple, list[Msg]] = field(default_factory=dict)
+    without_mid: set[str] = field(default_factory=set)
 
-    def has(self, msg: Msg) -> bool:
-        pool = self.by_mid.get(msg.message_id, []) if msg.message_id else []
-        pool = pool + self.by_key.get((msg.sender, msg.subject_norm), [])
-        return any(same_message(msg, other) for other in pool)
+    def has(self, msg: Msg, fingerprint: str) -> bool:
+        if msg.message_id:
+            return any(c4_match(msg, other) for other in self.by_mid.get(msg.message_id, ()))
+        return fingerprint in self.without_mid
 
-    def add(self, msg: Msg) -> None:
+    def add(self, msg: Msg, fingerprint: str) -> None:
         if msg.message_id:
             self.by_mid.setdefault(msg.message_id, []).append(msg)
-        self.by_key.setdefault((msg.sender, msg.subject_norm), []).append(msg)
+        else:
+            self.without_mid.add(fingerprint)
 
 
 def decide_entry(entry: EntryIn, locals_: list[LocalIn], peers: list[EntryIn], delivered: Delivered,
@@ -128,7 +127,7 @@ def decide_entry(entry: EntryIn, locals_: list[LocalIn], peers: list[EntryIn], d
     status = (entry.status or "").upper()
     if entry.expired or status in HELD_STATUSES:
         return EntryDecision(entry, "held", None, None)         # C11: counted, never delivered
-    if delivered.has(entry.msg):
+    if delivered.has(entry.msg, entry.fingerprint):
         return EntryDecision(entry, "already", None, None)      # C8, C17: once per event
     if any(c4_match(entry.msg, local.msg) for local in locals_):
         return EntryDecision(entry, "matched", None, None)
@@ -145,7 +144,7 @@ def decide_entry(entry: EntryIn, locals_: list[LocalIn], peers: list[EntryIn], d
         return EntryDecision(entry, "deferred", "defer", verdict)
     if status and status not in DELIVERABLE_STATUSES:
         return EntryDecision(entry, "deferred", "defer", "unknown-status")
-    delivered.add(entry.msg)
+    delivered.add(entry.msg, entry.fingerprint)
     if ambiguous:
         return EntryDecision(entry, "ambiguous-delivered", "deliver", "ambiguous-match")
     return EntryDecision(entry, "delivered", "deliver", "not-in-mailbox")

@@ -47,7 +47,6 @@ class Loaded:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     warnings: list[tuple[str, str]] = field(default_factory=list)
     entries: list[EntryRow] = field(default_factory=list)
-    subject: tuple[str, str] | None = None  # (address, kind) of the first valid page
 
 
 def page_files(path: Path) -> list[Path]:
@@ -72,21 +71,14 @@ def load(path: Path) -> Loaded:
         except files.OutsideError as exc:  # N4: a page that is a symlink out, a FIFO, ...
             result.rejected.append((str(page_path), str(exc)))
             continue
-        try:
-            who, rows = _page(page_path, number, folder, result.warnings)
-            if result.subject is None:
-                result.subject = who
-            elif who != result.subject:  # pages of one snapshot describe one address
-                raise formats.FormatError(f"{page_path}: $.meta.snapshot: this page is for {who[1]} {who[0]}, "
-                                          f"the snapshot's first page for {result.subject[1]} {result.subject[0]}")
-            result.entries.extend(rows)
+        try:  # each page's entries carry its own address and kind (an alias stands for its primary)
+            result.entries.extend(_page(page_path, number, folder, result.warnings))
         except formats.FormatError as exc:
             result.rejected.append((str(page_path), str(exc)))
     return result
 
 
-def _page(path: Path, number: int, folder: Path,
-          warnings: list[tuple[str, str]]) -> tuple[tuple[str, str], list[EntryRow]]:
+def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]) -> list[EntryRow]:
     where = str(path)
     try:
         data = files.read_regular(path, MAX_PAGE_BYTES)
@@ -105,7 +97,7 @@ def _page(path: Path, number: int, folder: Path,
     rows = []
     for position, entry in enumerate(page.data):
         rows.append(_entry(entry, position, number, address, page.meta.snapshot.kind, folder, where, warnings))
-    return (address, page.meta.snapshot.kind), rows
+    return rows
 
 
 def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: str, folder: Path,
@@ -124,8 +116,8 @@ def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: s
     mid = normalise.message_id(entry.mimeMessageId)
     if mid:
         fingerprint = normalise.fingerprint(normalise.identity(mid, header_ts, resent))
-    else:
-        fingerprint = normalise.fingerprint(f"entry:{address}:{entry.id}")
+    else:  # C5: without a Message-ID an entry is its Mimecast id, whatever address lists it
+        fingerprint = normalise.fingerprint(f"entry:{entry.id}")
     recipients = normalise.recipients_key(
         [a for a in (normalise.address(x.emailAddress) for x in entry.to + entry.cc) if a])
     return EntryRow(page, position, entry.id, address, kind, mid, header_ts, received,

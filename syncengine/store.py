@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import files
+from . import files, normalise
 
 _MIGRATION = re.compile(r"^(\d{4})_([\w-]+)\.sql$")
 SYNCHRONOUS = "FULL"
@@ -68,6 +68,7 @@ def connect(path: Path | str, create: bool = True) -> sqlite_utils.Database:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.create_function("fingerprint", 1, normalise.fingerprint, deterministic=True)
         db = sqlite_utils.Database(conn)
         migrate(db)
     except StoreError:

@@ -322,6 +322,11 @@ def test_c19_an_export_gone_outside_an_event_keeps_its_mailbox_waiting_until_it_
     assert "reconcile wrote 0 deltas" in started.stdout and "no such file or folder" in started.stderr
     forgot = run_cli("forget", str(pst), "--db", str(db), check=True)
     assert "forgot" in forgot.stdout
+    # no export at all: still waiting, until the user says the mailbox has no local mail (C19)
+    assert run_cli("sync", "--db", str(db), check=True).stdout.strip() == "0 deltas"
+    status = json.loads(run_cli("status", "--db", str(db), "--json", check=True).stdout)
+    assert [(w["export"], w["why"].split(":")[0]) for w in status["waiting"]] == [(None, "no export declared")]
+    run_cli("index", "--mailbox", ALICE, "--no-local-mail", "--db", str(db), check=True)
     assert run_cli("sync", "--db", str(db), check=True).stdout.strip() == "3 deltas"  # an empty index, now whole
     assert run_cli("forget", str(pst), "--db", str(db)).returncode == 4
 

@@ -98,7 +98,7 @@ def test_end_to_end_poll_then_event_delivers_the_bytes_the_server_served(tmp_pat
     contract.presigned = True  # an API 2.0 tenant answering parts with a download url
     config, db = _config(tmp_path, contract), tmp_path / "store.db"
     assert _poll(config, db).returncode == 0
-    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--db", str(db), check=True)
+    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--no-local-mail", ALICE, "--db", str(db), check=True)
     deltas = engine.deltas(store.connect(db))
     assert len(deltas) == 7 and all(d["action"] == "deliver" for d in deltas)
     served = {m.message_id: m.raw for m in contract.messages}
@@ -119,7 +119,7 @@ def test_a_part_that_cannot_be_fetched_is_written_without_content_and_still_deli
     db = tmp_path / "store.db"
     result = _poll(_config(tmp_path, contract), db)
     assert result.returncode == 3 and "without content" in result.stderr
-    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--db", str(db), check=True)
+    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--no-local-mail", ALICE, "--db", str(db), check=True)
     deltas = engine.deltas(store.connect(db))
     assert len(deltas) == 7 and sum(d["content"] is None for d in deltas) == 1
 

@@ -36,7 +36,7 @@ def write_deltas(db_path: Path, mailbox: str, count: int, event: str, start: int
         if any(e.name == event for e in engine.open_events(db.conn)):
             engine.poll(db, now)
         else:
-            engine.start_event(db, event, [mailbox], False, now)
+            engine.start_event(db, event, [mailbox], False, now, no_local_mail=[mailbox])
     finally:
         db.conn.close()
 

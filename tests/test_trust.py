@@ -419,7 +419,7 @@ def test_n3_deltas_and_listen_print_control_characters_escaped(tmp_path):
     snap = _snapshot(tmp_path / "snap", [{**_entry(1, None), "subject": "evil\x1b]0;pwned\x07\nforged: line",
                                           "mimeMessageId": None}])
     run_cli("snapshot", "add", str(snap), "--db", str(db), check=True)
-    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--db", str(db), check=True)
+    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--no-local-mail", ALICE, "--db", str(db), check=True)
     printed = run_cli("deltas", "--db", str(db), check=True).stdout
     assert "\x1b" not in printed and "\x07" not in printed and printed.count("\n") == 1
     assert "evil\\x1b]0;pwned\\x07\\nforged: line" in printed
@@ -433,7 +433,7 @@ def test_n3_deltas_and_listen_print_control_characters_escaped(tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("case", ["header-date-overflow", "non-utf8", "nested", "mixed-pages"])
+@pytest.mark.parametrize("case", ["header-date-overflow", "non-utf8", "nested"])
 def test_n3_malformed_snapshots_are_rejected_with_the_file_and_reason(tmp_path, case):
     snap = tmp_path / "snap"
     if case == "header-date-overflow":
@@ -443,20 +443,27 @@ def test_n3_malformed_snapshots_are_rejected_with_the_file_and_reason(tmp_path, 
         snap.mkdir()
         (snap / "snapshot.json").write_bytes(b'{"meta": "\xff\xfe"}')
         says = "not valid JSON"
-    elif case == "nested":
+    else:
         snap.mkdir()
         (snap / "snapshot.json").write_bytes(b'{"meta": ' + b"[" * 50_000)
         says = "$.meta"
-    else:
-        _snapshot(snap, [_entry(1, None)])
-        (snap / "snapshot.json").rename(snap / "snapshot-0001.json")
-        (snap / "snapshot-0002.json").write_text(json.dumps(
-            {"meta": {"status": 200, "snapshot": {"address": BOB, "kind": "mailbox"}}, "data": [_entry(2, None)],
-             "fail": []}))
-        says = "this page is for mailbox bob@acme.example"
     result = run_cli("snapshot", "add", str(snap), "--db", str(tmp_path / "store.db"))
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and says in result.stderr and str(snap) in result.stderr
+
+
+def test_each_page_of_a_snapshot_is_for_its_own_address_so_an_alias_page_is_not_rejected(tmp_path):
+    """formats.md rejects a page only for fail[], meta.status or invalid JSON/schema: pages
+    naming the primary and an alias (or two addresses) are each applied for their own."""
+    snap = _snapshot(tmp_path / "snap", [_entry(1, None)])
+    (snap / "snapshot.json").rename(snap / "snapshot-0001.json")
+    (snap / "snapshot-0002.json").write_text(json.dumps(
+        {"meta": {"status": 200, "snapshot": {"address": "A.Smith@acme.example", "kind": "mailbox"}},
+         "data": [_entry(2, None)], "fail": []}))
+    result = run_cli("snapshot", "add", str(snap), "--db", str(tmp_path / "store.db"), check=True)
+    assert "2 entries from 2 of 2 page(s)" in result.stdout and result.stderr == ""
+    rows = store.connect(tmp_path / "store.db").execute("SELECT entry_id, address FROM entries ORDER BY id").fetchall()
+    assert rows == [("e1", ALICE), ("e2", "a.smith@acme.example")]
 
 
 def test_n3_key_folders_that_are_missing_or_impossible_get_one_clear_line(tmp_path):

@@ -21,6 +21,7 @@ class ConfigError(Exception):
 class MailboxConfig(msgspec.Struct, forbid_unknown_fields=True):
     address: str
     exports: list[str] = []
+    no_local_mail: bool = False  # a mailbox with no local mail at all (C19): every entry is new to it
 
 
 class NotifyConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,6 +63,7 @@ class Settings:
     calendar_items: bool
     rescan_interval: int
     mailboxes: dict[str, list[Path]]   # address -> exports
+    no_local_mail: set[str]            # mailboxes declared to have no local mail (C19)
     endpoint: str | None               # None: the store's default ipc sockets
     keys: Path | None
     events: list[EventConfig]
@@ -104,6 +106,9 @@ def load(path: Path) -> Settings:
             raise ConfigError(f"{path}: $.mailbox[{number}].address: {exc}") from None
         if address in mailboxes:
             raise ConfigError(f"{path}: $.mailbox[{number}].address: {address} is configured twice")
+        if box.no_local_mail and box.exports:
+            raise ConfigError(f"{path}: $.mailbox[{number}].no_local_mail: true says {address} has no local mail, "
+                              "but it names exports; keep one of the two")
         mailboxes[address] = [place(e) for e in box.exports]
     if not mailboxes:
         raise ConfigError(f"{path}: no [[mailbox]]: name at least one mailbox and its exports")
@@ -117,7 +122,8 @@ def load(path: Path) -> Settings:
         raise ConfigError(f"{path}: $.notify.keys: a tcp endpoint needs CURVE keys (syncengine keys generate DIR)")
     return Settings(path.absolute(), place(config.db), place(config.snapshot_folder), place(config.directory_file),
                     config.poll_interval, config.post_event_window, config.calendar_items, config.rescan_interval,
-                    mailboxes, endpoint, keys, config.event, mimecast)
+                    mailboxes, {normalise.mailbox(b.address) for b in config.mailbox if b.no_local_mail},
+                    endpoint, keys, config.event, mimecast)
 
 
 STARTER = '''\
@@ -135,6 +141,9 @@ rescan_interval = 600                # seconds between full rescans, for changes
 [[mailbox]]
 address = "{address}"
 exports = [{exports}]                # PST/OST files and folder trees of .msg/.eml files
+# no_local_mail = true               # instead of exports, for a mailbox with no local mail at all
+                                     # (a new employee, a web-only user): every entry is new to it.
+                                     # A mailbox with neither waits for its index in any event (C19).
 
 [notify]
 endpoint = "ipc"                     # the store's own sockets (syncengine listen --db store.db finds them)

@@ -27,8 +27,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .. import engine, formats, index, locks, normalise, notify, protocol, store
+from .. import coverage, engine, formats, index, locks, normalise, notify, protocol, store
 from ..store import transaction
+from . import config as config_mod
 from .config import Settings
 
 log = logging.getLogger("syncengine.daemon")
@@ -124,6 +125,24 @@ class _Handler(FileSystemEventHandler):
 Task = Callable[[], None]
 
 
+def _declare(conn, settings: Settings) -> None:
+    """C19: coverage is declared. Every configured export belongs to its mailbox before its
+    first read, and a mailbox with none waits unless the config says it has no local mail.
+    An export the store knows that the config no longer names still counts: forgetting it
+    is the user's word (`syncengine forget`), never a config edit's."""
+    now = engine.wall_clock()
+    configured = set()
+    for address, exports in settings.mailboxes.items():
+        coverage.declare_mailbox(conn, address, address in settings.no_local_mail, now)
+        paths = [index.text(p) for p in exports]
+        coverage.declare_exports(conn, address, paths, now)
+        configured.update(paths)
+    for path, mailbox in conn.execute("SELECT path, mailbox FROM exports ORDER BY path"):
+        if path not in configured:
+            log.warning("%s is indexed for %s but not in the config; its mail still counts. If it is gone for "
+                        "good: syncengine forget %s --db %s", path, mailbox, path, settings.db)
+
+
 class Daemon:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -135,9 +154,14 @@ class Daemon:
         self._applied: set[Path] = set()  # drop-folder entries known to be in the store
         self._lock = self._take_lock()
         db = store.connect(settings.db)  # the writer opens its own: connections stay in their thread
-        with transaction(db.conn) as conn:
-            engine.set_settings(conn, settings.engine_settings())
-        db.conn.close()
+        try:
+            with transaction(db.conn) as conn:
+                engine.set_settings(conn, settings.engine_settings())
+                _declare(conn, settings)  # C19: before any thread runs, so no decision precedes it
+        except coverage.CoverageError as exc:
+            raise DaemonError(f"{settings.file}: {exc}") from None
+        finally:
+            db.conn.close()
         self.db = None
         try:
             self.server = notify.Server(settings.db, settings.endpoint,
@@ -185,18 +209,28 @@ class Daemon:
 
     def _watch(self) -> Observer:
         observer = Observer()
-        handler = _Handler(self.changes)
-        watched = set()
-        for folder in [self.settings.snapshot_folder, self.settings.directory_file.parent,
-                       *(p if p.is_dir() else p.parent for paths in self.settings.mailboxes.values() for p in paths)]:
-            if folder.is_dir() and folder not in watched:
-                observer.schedule(handler, str(folder), recursive=True)
-                watched.add(folder)
+        self._handler = _Handler(self.changes)
+        self._watched: set[Path] = set()
+        self._shallow: set[Path] = set()
+        for folder in (self.settings.file.parent, self.settings.directory_file.parent):
+            if folder.is_dir() and folder not in self._shallow:  # the store's own writes live here too
+                observer.schedule(self._handler, str(folder), recursive=False)
+                self._shallow.add(folder)
+        self._observer = observer
+        self._watch_folders()
+        observer.start()
+        return observer
+
+    def _watch_folders(self) -> None:
+        """The drop folder and every export's folder (again after a config change)."""
+        exports = [p if p.is_dir() else p.parent for paths in self.settings.mailboxes.values() for p in paths]
+        for folder in [self.settings.snapshot_folder, *exports]:
+            if folder.is_dir() and folder not in self._watched:
+                self._observer.schedule(self._handler, str(folder), recursive=True)
+                self._watched.add(folder)
             elif not folder.exists():
                 log.warning("%s does not exist (yet); the rescan every %d s will find it", folder,
                             self.settings.rescan_interval)
-        observer.start()
-        return observer
 
     # --- the scheduler ---------------------------------------------------------------------------
 
@@ -249,7 +283,7 @@ class Daemon:
             row = read.execute("SELECT phase FROM events WHERE name = ?", (event.name,)).fetchone()
             if row is None and now >= start and (event.name, "start") not in self.scheduled_done:
                 self.scheduled_done.add((event.name, "start"))
-                self.writes.put(lambda e=event: self._start(e.name, e.mailboxes, e.expand_distribution_lists))
+                self.writes.put(lambda e=event: self._start(e.name, e.mailboxes, e.expand_distribution_lists, []))
             elif row and row[0] == "active" and end is not None and now >= end \
                     and (event.name, "end") not in self.scheduled_done:
                 self.scheduled_done.add((event.name, "end"))
@@ -265,6 +299,8 @@ class Daemon:
     def _changed(self, paths: list[str]) -> None:
         exports, drops = set(), set()
         folder = self.settings.snapshot_folder
+        if str(self.settings.file) in paths:
+            self._reload()
         for raw in paths:
             path = Path(raw)
             for address, configured in self.settings.mailboxes.items():
@@ -279,6 +315,42 @@ class Daemon:
         for path in sorted(drops):
             self._drop(path, pending)
         self._queue_index(sorted(exports))
+
+    def _reload(self) -> None:
+        """The config file changed: its mailboxes, exports and [[event]]s apply now; an export
+        it adds is declared (on the writer, so no later poll runs before it: C19) and read.
+        One it drops is not a vanish: its mail still counts until the user forgets it."""
+        try:
+            new = config_mod.load(self.settings.file)
+        except config_mod.ConfigError as exc:
+            log.error("%s; the daemon goes on with the config it started with", exc)
+            return
+        later = [key for key in ("db", "snapshot_folder", "directory_file", "endpoint", "keys", "rescan_interval")
+                 if getattr(new, key) != getattr(self.settings, key)]
+        if (new.mimecast is None) != (self.settings.mimecast is None):
+            later.append("[mimecast]")
+        if later:
+            log.warning("config %s changed %s: that takes effect when the daemon restarts",
+                        self.settings.file, ", ".join(later))
+        added = {address: [p for p in exports if p not in self.settings.mailboxes.get(address, [])]
+                 for address, exports in new.mailboxes.items()}
+        for key in ("mailboxes", "no_local_mail", "events", "poll_interval", "post_event_window", "calendar_items"):
+            setattr(self.settings, key, getattr(new, key))
+        self.writes.put(self._declare)
+        self._watch_folders()
+        for address, exports in added.items():
+            if exports:
+                log.info("config: %s now also has %s; nothing is decided for it until they have read (C19)",
+                         address, ", ".join(map(str, exports)))
+                self.indexing.put((address, exports))
+
+    def _declare(self) -> None:
+        try:
+            with transaction(self.db.conn) as conn:
+                engine.set_settings(conn, self.settings.engine_settings())
+                _declare(conn, self.settings)
+        except coverage.CoverageError as exc:
+            log.error("%s: %s", self.settings.file, exc)
 
     def _queue_index(self, exports: list[Path]) -> None:
         for address, configured in self.settings.mailboxes.items():
@@ -371,9 +443,9 @@ class Daemon:
         except formats.FormatError as exc:
             log.error("%s", exc)
 
-    def _start(self, name: str, mailboxes: list[str], expand: bool) -> dict:
+    def _start(self, name: str, mailboxes: list[str], expand: bool, no_local_mail: list[str]) -> dict:
         try:
-            written = engine.start_event(self.db, name, mailboxes, expand, engine.wall_clock())
+            written = engine.start_event(self.db, name, mailboxes, expand, engine.wall_clock(), no_local_mail)
         except engine.EngineError as exc:
             log.error("event %s not started: %s", name, exc)
             return {"op": "error", "reason": str(exc), "request": "start_event"}
@@ -401,7 +473,8 @@ class Daemon:
                 self.writes.put(lambda: self.replier(identity, [self._admin(request)]))
             return
         if isinstance(request, protocol.StartEvent):
-            task = lambda: self._start(request.event, request.mailboxes, request.expand_distribution_lists)  # noqa: E731
+            task = lambda: self._start(request.event, request.mailboxes, request.expand_distribution_lists,  # noqa: E731
+                                       request.no_local_mail)
         else:
             task = lambda: self._end(request.event)  # noqa: E731
         self.writes.put(lambda: self.replier(identity, [task()]))
@@ -423,7 +496,8 @@ class Daemon:
                 self._published(written)
                 return {"op": "done", "result": {"deltas": len(written)}}
             if request.command == "event_start":
-                reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists)
+                reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists,
+                                    request.no_local_mail)
             else:
                 reply = self._end(request.event)
             return {"op": "done", "result": reply} if reply["op"] != "error" else reply
@@ -502,6 +576,9 @@ class Daemon:
 
     def _admin_index(self, db, request: protocol.Admin) -> dict:
         reports: list[dict] = []
+        if request.no_local_mail:
+            index.declare_no_local_mail(db, request.no_local_mail[0], engine.wall_clock())
+            return {"op": "done", "result": {"reports": [], **index.Summary().as_json()}}
         try:
             summary = index.run(db, [Path(p) for p in request.paths], request.mailbox or "",
                                 on_file=lambda r: reports.append(r.as_json()))

@@ -10,7 +10,7 @@ delta log), `report` (reports and status), `common` (error, clock, settings).
 
 from .common import EngineError, get_settings, set_settings, store_dir, wall_clock
 from .decide import ENTRY_CHUNK
-from .events import Event, check_event_name, due_events, event_mailboxes, open_events, waiting, waiting_for_index
+from .events import Event, check_event_name, due_events, event_mailboxes, open_events, waiting
 from .ingest import (DirectorySync, Prepared, SnapshotResult, add_directory, add_directory_if_new, add_snapshot,
                      directory_at, insert_directory, insert_snapshot, prepare_snapshot, read_directory)
 from .lifecycle import end_event, end_event_in, poll, poll_in, start_event, start_event_in
@@ -25,4 +25,4 @@ __all__ = ["DirectorySync", "ENTRY_CHUNK", "EngineError", "Event", "Prepared", "
            "deltas", "deltas_for", "directory_at", "due_events", "end_event", "end_event_in", "event_mailboxes",
            "get_settings", "insert_directory", "insert_snapshot", "open_events", "poll", "poll_in",
            "prepare_snapshot", "read_directory", "report", "set_settings", "start_event", "start_event_in",
-           "status", "store_dir", "waiting", "waiting_for_index", "wall_clock"]
+           "status", "store_dir", "waiting", "wall_clock"]

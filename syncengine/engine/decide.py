@@ -6,9 +6,9 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 
+from .. import coverage, normalise, rules
 from .. import directory as directory_mod
-from .. import normalise, rules
-from .events import Event, waiting_for_index
+from .events import Event
 from .log import _append
 
 
@@ -16,10 +16,12 @@ def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_
     deltas: list[dict] = []
     for mailbox in event.mailboxes:
         addresses = sorted(view.addresses(mailbox))  # C19: exports indexed under an alias are the primary's
+        if coverage.waiting_for_index(conn, addresses):
+            continue  # C19: nothing is decided against an index that is not whole, reconciled or not
         since = event.reconciled[mailbox]
         if since is None:
-            if event.phase not in ("reconciling", "active") or waiting_for_index(conn, addresses):
-                continue  # C19: nothing is decided against an index that is not whole
+            if event.phase not in ("reconciling", "active"):
+                continue
             since = event.reconciled[mailbox] = now  # C3 at this moment: the index is whole now
             conn.execute("UPDATE event_mailboxes SET reconciled_at = ? WHERE event = ? AND mailbox = ?",
                          (now, event.id, mailbox))
@@ -33,11 +35,23 @@ def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_
 
 _LOCAL_COLUMNS = ("s.path || '#' || l.locator, m.message_id, m.submit_ts, m.resent_key, m.sender,"
                   " m.recipients, m.subject_norm")
+# C19: a source that went missing counts only while the event it went missing in is open;
+# a later event does not see it (the next index run drops it).
+_PRESENT = "(s.missing_since IS NULL OR s.missing_since >= ?)"
 
 
 def _msg(row, offset: int = 0) -> rules.Msg:
     return rules.Msg(row[offset], row[offset + 1], row[offset + 2], row[offset + 3], row[offset + 4],
                      row[offset + 5])
+
+
+def _canonical(msg: rules.Msg, view: directory_mod.DirectoryView) -> rules.Msg:
+    """The C5 fields with every alias standing for its primary (continuity.md, Words)."""
+    if not view.primary_of:
+        return msg
+    recipients = normalise.recipients_key([view.primary(a) for a in msg.recipients.split("\t") if a])
+    return rules.Msg(msg.message_id, msg.submit_ts, msg.resent_key,
+                     view.primary(msg.sender) if msg.sender else None, recipients, msg.subject_norm)
 
 
 ENTRY_CHUNK = 20_000  # entries decided per step of a poll: bounds memory, not behaviour
@@ -66,9 +80,9 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[
     conn.execute("UPDATE event_mailboxes SET entry_cursor = ? WHERE event = ? AND mailbox = ?",
                  (max(ids) if later is None else min(max(ids), later - 1), event.id, mailbox))
     delivered = rules.Delivered()
-    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm"
+    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm, fingerprint"
                             " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):
-        delivered.add(_msg(row))
+        delivered.add(_canonical(_msg(row), view), row[6])
     deltas: list[dict] = []
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_entry (position INTEGER PRIMARY KEY, id INTEGER)")
     for start in range(0, len(ids), ENTRY_CHUNK):
@@ -89,19 +103,19 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
             outcomes.append((event.id, mailbox, row[0], "not-member"))  # C16: not retroactive
         else:
             batch.append(row)
-    locals_by_mid, locals_by_key = _candidates(conn, addresses, batch)
+    locals_by_mid, locals_by_key = _candidates(conn, event, addresses, batch, view)
     at = event.started_at if event.phase == "reconciling" else now
     deltas = []
     for row in batch:
-        entry = rules.EntryIn(row[0], rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9]),
-                              row[10], bool(row[11]), row[12], row[13])
-        key = (entry.msg.sender, entry.msg.subject_norm)
+        msg = _canonical(rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9]), view)
+        entry = rules.EntryIn(row[0], msg, row[10], bool(row[11]), row[12], row[13])
+        key = (msg.sender, msg.subject_norm)
         seen: dict[str, rules.LocalIn] = {}
-        for local in locals_by_mid.get(entry.msg.message_id, []) + locals_by_key.get(key, []):
+        for local in locals_by_mid.get(msg.message_id, []) + locals_by_key.get(key, []):
             seen.setdefault(local.key, local)
         candidates = list(seen.values())
         peers = _peers(conn, now, addresses, groups, key, view) if any(
-            rules.c5_match(entry.msg, c.msg) for c in candidates) else []
+            rules.c5_match(msg, c.msg) for c in candidates) else []
         decision = rules.decide_entry(entry, candidates, peers, delivered, event.calendar_items)
         outcomes.append((event.id, mailbox, entry.key, decision.outcome))
         if decision.action is None:
@@ -117,44 +131,55 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
     return deltas
 
 
-def _candidates(conn, addresses: list[str], batch: list) -> tuple[dict, dict]:
+def _candidates(conn, event: Event, addresses: list[str], batch: list,
+                view: directory_mod.DirectoryView) -> tuple[dict, dict]:
     """Local locations in received-mail folders that share a Message-ID or a fallback key
-    with any entry of the batch, looked up through temporary key tables. CROSS JOIN pins
-    the order (keys, then the messages index, then locations by message): left to
-    itself the planner may scan every location of the mailbox instead."""
+    (sender by any of its addresses) with any entry of the batch, looked up through
+    temporary key tables. CROSS JOIN pins the order (keys, then the messages index, then
+    locations by message): left to itself the planner may scan every location of the
+    mailbox instead."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_key (sender TEXT, subject_norm TEXT,"
                  " PRIMARY KEY (sender, subject_norm)) WITHOUT ROWID")
     conn.execute("DELETE FROM want_mid")
     conn.execute("DELETE FROM want_key")
     conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?)", [(r[4],) for r in batch if r[4]])
-    conn.executemany("INSERT OR IGNORE INTO want_key VALUES (?, ?)", [(r[7], r[9]) for r in batch if r[7]])
+    conn.executemany("INSERT OR IGNORE INTO want_key VALUES (?, ?)",
+                     [(sender, r[9]) for r in batch if r[7] for sender in _spellings(r[7], view)])
     by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
     by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
     marks = ", ".join("?" * len(addresses))
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_mid w CROSS JOIN messages m ON m.message_id = w.message_id"
             f" CROSS JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
-            f" WHERE l.mailbox IN ({marks}) AND l.received = 1", addresses):
-        by_mid[row[1]].append(rules.LocalIn(row[0], _msg(row, 1)))
+            f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND {_PRESENT}", (*addresses, event.started_at)):
+        by_mid[row[1]].append(rules.LocalIn(row[0], _canonical(_msg(row, 1), view)))
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_key w CROSS JOIN messages m ON m.sender = w.sender"
             f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
-            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.received = 1", addresses):
-        by_key[(row[4], row[6])].append(rules.LocalIn(row[0], _msg(row, 1)))
+            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.received = 1"
+            f" AND {_PRESENT}", (*addresses, event.started_at)):
+        local = _canonical(_msg(row, 1), view)
+        by_key[(local.sender, local.subject_norm)].append(rules.LocalIn(row[0], local))
     return by_mid, by_key
+
+
+def _spellings(sender: str, view: directory_mod.DirectoryView) -> set[str]:
+    """Every address a sender may be written with: itself, its primary and their aliases."""
+    return {sender} | view.addresses(sender)
 
 
 def _peers(conn, now: float, addresses: list[str], groups: set[str], key: tuple, view) -> list[rules.EntryIn]:
     """Visible entries for this mailbox with the same fallback key (C5 ambiguity)."""
     peers = []
+    senders = sorted(_spellings(key[0], view))
     for row in conn.execute(
-            "SELECT id, address, kind, message_id, header_ts, resent_key, sender, recipients, subject_norm,"
-            " fingerprint FROM entries WHERE sender = ? AND subject_norm = ? AND visible_at <= ?",
-            (key[0], key[1], now)):
-        mine = row[1] in addresses if row[2] == "mailbox" else view.primary(row[1]) in groups
+            f"SELECT id, address, kind, message_id, header_ts, resent_key, sender, recipients, subject_norm,"
+            f" fingerprint FROM entries WHERE sender IN ({', '.join('?' * len(senders))}) AND subject_norm = ?"
+            f" AND visible_at <= ?", (*senders, key[1], now)):
+        mine = view.primary(row[1]) in addresses if row[2] == "mailbox" else view.primary(row[1]) in groups
         if mine:
-            peers.append(rules.EntryIn(row[0], _msg(row, 3), None, False, "", row[9]))
+            peers.append(rules.EntryIn(row[0], _canonical(_msg(row, 3), view), None, False, "", row[9]))
     return peers
 
 
@@ -163,14 +188,15 @@ def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: 
     rows = conn.execute(
         f"SELECT {_LOCAL_COLUMNS}, m.identity, m.message_class, l.locator, l.folder, m.subject, m.fingerprint,"
         f" s.kind, s.path FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
-        f" WHERE l.mailbox IN ({marks}) AND l.role = 'outbox' AND NOT EXISTS (SELECT 1 FROM outbox_done o"
-        f" WHERE o.event = ? AND o.mailbox = ? AND o.identity = m.identity) ORDER BY l.seen_at, l.id",
-        (*addresses, event.id, mailbox)).fetchall()
+        f" WHERE l.mailbox IN ({marks}) AND l.role = 'outbox' AND {_PRESENT} AND NOT EXISTS (SELECT 1"
+        f" FROM outbox_done o WHERE o.event = ? AND o.mailbox = ? AND o.identity = m.identity)"
+        f" ORDER BY l.seen_at, l.id", (*addresses, event.started_at, event.id, mailbox)).fetchall()
     if not rows:
         return []
     sent = [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
         f"SELECT {_LOCAL_COLUMNS} FROM locations l JOIN messages m ON m.id = l.message"
-        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.role = 'sent'", addresses)]
+        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.role = 'sent' AND {_PRESENT}",
+        (*addresses, event.started_at))]
     at = event.started_at if event.phase == "reconciling" else now
     deltas, done = [], set()
     for row in rows:
@@ -192,14 +218,16 @@ def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: 
 def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since: float,
                    now: float) -> list[dict]:
     """C12, C14, C15: copies that appeared after the mailbox was reconciled (its event's
-    start, or later when it waited for its index: C19) of what continuity delivered."""
+    start, or later when it waited for its index: C19) of what continuity delivered.
+    Never a baseline location (the mailbox's own mail before the engine knew it, C19),
+    a file already gone, or continuity's own delivery coming back (a tag that is ours)."""
     limit = now if event.closes_at is None else min(now, event.closes_at)
     marks = ", ".join("?" * len(addresses))
     rows = conn.execute(
-        f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint, l.id"
+        f"SELECT {_LOCAL_COLUMNS}, l.locator, l.folder, l.seen_at, m.subject, m.fingerprint, l.id, l.delivery_tag"
         f" FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
-        f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND l.delivery_tag IS NULL AND l.seen_at > ?"
-        f" AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
+        f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND l.baseline = 0 AND s.missing_since IS NULL"
+        f" AND l.seen_at > ? AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
         f"   WHERE event = ? AND mailbox = ?)"
         f" AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.event = ? AND p.mailbox = ?"
         f"   AND p.location = l.id) ORDER BY l.seen_at, l.id",
@@ -207,6 +235,8 @@ def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since
     deltas = []
     for row in rows:
         local = _msg(row, 1)
+        if row[13] is not None and _ours(conn, event, mailbox, row[13], local):
+            continue
         delivered = [_msg(r) for r in conn.execute(
             "SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
             " WHERE event = ? AND mailbox = ? AND message_id = ?", (event.id, mailbox, local.message_id))]
@@ -220,3 +250,16 @@ def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since
                        "content": None,
                        "reason": "post-event-duplicate" if late else "exchange-duplicate"})
     return deltas
+
+
+def _ours(conn, event: Event, mailbox: str, tag: str, local: rules.Msg) -> bool:
+    """C12: an `X-Syncengine-Delivery: <event>/<seq>` tag counts only when it names a delivery
+    of this event to this mailbox of the same message (C4). Any other value (another event,
+    a seq that does not exist, another message's delivery, a malformed one) is ignored:
+    mail from outside cannot shield its own Exchange copy from a purge."""
+    name, _, seq = tag.strip().rpartition("/")
+    if name != event.name or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
+        return False
+    row = conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
+                       " WHERE event = ? AND mailbox = ? AND seq = ?", (event.id, mailbox, int(seq))).fetchone()
+    return row is not None and rules.c4_match(local, _msg(row))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from .. import coverage
 from .common import EngineError
 from .ingest import directory_at
 
@@ -72,24 +73,13 @@ def due_events(db: sqlite_utils.Database, now: float) -> list[str]:
     return [e.name for e in open_events(db.conn) if now >= e.next_poll()]
 
 
-# --- deciding -------------------------------------------------------------------------------
-
-
-def waiting_for_index(conn: sqlite3.Connection, addresses: list[str]) -> list[tuple[str, str]]:
-    """(export, why) for each export of the mailbox never read successfully (C19). A
-    mailbox with no known export has an empty index, which is whole."""
-    marks = ", ".join("?" * len(addresses))
-    return [(row[0], row[1] or "not read yet") for row in conn.execute(
-        f"SELECT path, problem FROM exports WHERE mailbox IN ({marks}) AND good_at IS NULL ORDER BY path", addresses)]
-
-
 def waiting(conn: sqlite3.Connection) -> list[dict]:
-    """Mailboxes of open events that wait for their index (C19): which export, and why."""
+    """Mailboxes of open events that wait for their index (C19): which export, and why.
+    A mailbox waits whenever a declared export has not read once, reconciled or not."""
     found = []
     for event in open_events(conn):
         view = directory_at(conn, event.last_poll)
-        for mailbox, reconciled in event.reconciled.items():
-            if reconciled is None:
-                found += [{"event": event.name, "mailbox": mailbox, "export": path, "why": why}
-                          for path, why in waiting_for_index(conn, sorted(view.addresses(mailbox)))]
+        for mailbox in event.mailboxes:
+            found += [{"event": event.name, "mailbox": mailbox, "export": path, "why": why}
+                      for path, why in coverage.waiting_for_index(conn, sorted(view.addresses(mailbox)))]
     return found

@@ -7,7 +7,7 @@ import sqlite3
 
 import sqlite_utils
 
-from .. import normalise
+from .. import coverage, normalise
 from ..store import transaction
 from .common import EngineError, get_settings
 from .decide import _decide
@@ -17,18 +17,21 @@ from .report import _close
 
 
 def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expand_lists: bool,
-                now: float) -> list[dict]:
+                now: float, no_local_mail: list[str] = ()) -> list[dict]:
     """C1, C3: create the event and reconcile each mailbox, in one transaction."""
     with transaction(db.conn) as conn:
-        return start_event_in(conn, name, mailboxes, expand_lists, now)
+        return start_event_in(conn, name, mailboxes, expand_lists, now, no_local_mail)
 
 
 def start_event_in(conn: sqlite3.Connection, name: str, mailboxes: list[str], expand_lists: bool,
-                   now: float) -> list[dict]:
-    """start_event inside the caller's transaction (replay journals its step in it)."""
+                   now: float, no_local_mail: list[str] = ()) -> list[dict]:
+    """start_event inside the caller's transaction (replay journals its step in it).
+    `no_local_mail` names covered mailboxes declared to have no local mail at all (C19):
+    with no export they are whole, and every entry is new to them."""
     check_event_name(name)
     try:
         named = [normalise.mailbox(m) for m in mailboxes]
+        empty = [normalise.mailbox(m) for m in no_local_mail]
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     settings = get_settings(conn)
@@ -36,6 +39,10 @@ def start_event_in(conn: sqlite3.Connection, name: str, mailboxes: list[str], ex
     wanted = sorted({view.primary(m) for m in named})
     if not wanted:
         raise EngineError("an event needs at least one mailbox")
+    for mailbox in {view.primary(m) for m in empty}:
+        if mailbox not in wanted:
+            raise EngineError(f"--no-local-mail {mailbox}: not one of the event's mailboxes")
+        coverage.declare_mailbox(conn, mailbox, True, now)
     if conn.execute("SELECT 1 FROM events WHERE name = ?", (name,)).fetchone():
         raise EngineError(f"event {name!r} already exists")
     for mailbox in wanted:

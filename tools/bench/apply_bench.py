@@ -65,7 +65,7 @@ def throughput(work: Path, count: int, size: int) -> tuple[float, float]:
 def latency(work: Path, samples: int) -> list[float]:
     db, mail = work / "store.db", work / "mail"
     database = store.connect(db)
-    engine.start_event(database, "ev1", [MAILBOX], False, 1000.0)
+    engine.start_event(database, "ev1", [MAILBOX], False, 1000.0, no_local_mail=[MAILBOX])
     server = subprocess.Popen([sys.executable, "-m", "syncengine", "serve", "--db", str(db)], stderr=subprocess.DEVNULL)
     client = subprocess.Popen([sys.executable, "-m", "syncengine", "apply", "--mailbox", MAILBOX, "--mailbox-dir",
                                str(mail), "--db", str(db)], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

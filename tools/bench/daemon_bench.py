@@ -112,7 +112,7 @@ def live(work: Path, samples: int, idle_seconds: int) -> None:
 
 def many_polls(work: Path, polls: int) -> None:
     db = store.connect(work / "polls.db")
-    engine.start_event(db, "ev1", [MAILBOX], False, 1000.0)
+    engine.start_event(db, "ev1", [MAILBOX], False, 1000.0, no_local_mail=[MAILBOX])
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for n in range(polls):
         engine.poll(db, 1000.0 + 60 * (n + 1), ["ev1"])
@@ -124,7 +124,7 @@ def idle_poll(work: Path, entries: int) -> tuple[float, float]:
     """Median idle poll (ms) with `entries` decided entries: with the cursor, and without."""
     path = work / f"idle-{entries}.db"
     db = store.connect(path)
-    engine.start_event(db, "ev1", [MAILBOX], False, 1000.0)
+    engine.start_event(db, "ev1", [MAILBOX], False, 1000.0, no_local_mail=[MAILBOX])
     with store.transaction(db.conn) as conn:
         conn.execute("INSERT INTO snapshots (id, path, visible_at, pages, rejected_pages, entries)"
                      " VALUES (1, 'bench', 1000, 1, 0, ?)", (entries,))
