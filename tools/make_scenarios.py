@@ -41,7 +41,8 @@ class Scenario:
     def __init__(self, name: str, **settings):
         self.name = name
         self.settings = {"poll_interval": 60, "post_event_window": 600, "calendar_items": True, **settings}
-        self.mailboxes: dict[str, list[Spec] | str] = {}
+        self.mailboxes: dict[str, list[Spec] | str | None] = {}
+        self.exports: dict[str, list[Spec]] = {}
         self.corpus: dict[str, str] = {}
         self.timeline: list[dict] = []
         self.expect: list[dict] = []
@@ -53,6 +54,11 @@ class Scenario:
     # mailboxes and directory
     def mailbox(self, address: str, specs: list[Spec]) -> "Scenario":
         self.mailboxes[address] = specs
+        return self
+
+    def no_local_mail(self, address: str) -> "Scenario":
+        """A mailbox declared to have no local mail at all (C19): no export."""
+        self.mailboxes[address] = None
         return self
 
     def corpus_mailbox(self, address: str, corpus_file: str) -> "Scenario":
@@ -84,8 +90,16 @@ class Scenario:
     def missing_snapshot(self, at: str) -> "Scenario":
         return self._step(at, "snapshot", path="snapshots/does-not-exist")
 
-    def start(self, at: str, event: str, mailboxes: list[str], expand: bool = False) -> "Scenario":
-        return self._step(at, "start_event", event=event, mailboxes=mailboxes, expand_distribution_lists=expand)
+    def start(self, at: str, event: str, mailboxes: list[str], expand: bool = False,
+              no_local_mail: list[str] = ()) -> "Scenario":
+        fields = {"no_local_mail": list(no_local_mail)} if no_local_mail else {}
+        return self._step(at, "start_event", event=event, mailboxes=mailboxes, expand_distribution_lists=expand,
+                          **fields)
+
+    def add_export(self, at: str, mailbox: str, name: str, specs: list[Spec]) -> "Scenario":
+        """An export (a folder tree of `specs`) declared and read at `at` (C19 late coverage)."""
+        self.exports[f"exports/{name}"] = specs
+        return self._step(at, "add_export", mailbox=mailbox, path=f"exports/{name}")
 
     def end(self, at: str, event: str) -> "Scenario":
         return self._step(at, "end_event", event=event)
@@ -132,6 +146,9 @@ class Scenario:
         folder.mkdir(parents=True)
         mailboxes = []
         for address, content in self.mailboxes.items():
+            if content is None:
+                mailboxes.append({"address": address, "no_local_mail": True})
+                continue
             if isinstance(content, str):
                 mailboxes.append({"address": address, "export": content})
                 continue
@@ -144,6 +161,10 @@ class Scenario:
             for spec in content:
                 write_message(spec, folder / export)
             mailboxes.append({"address": address, "export": export})
+        for export, specs in self.exports.items():
+            (folder / export).mkdir(parents=True, exist_ok=True)
+            for spec in specs:
+                write_message(spec, folder / export)
         for path, data in self.files.items():
             (folder / path).parent.mkdir(parents=True, exist_ok=True)
             (folder / path).write_bytes(data)
@@ -557,6 +578,110 @@ def scenarios() -> list[Scenario]:
                 .start("09:00", "ev1", [ALICE])
                 .end("09:10", "ev1")
                 .expects("deliver", ALICE, "<invoice@mail.example>", "mimecast:m2"))
+
+    # --- C5/C6: entries without a Message-ID are their Mimecast id (issue 26) -------------------------
+    built = Spec("x/built.eml", "Build failed", "ci@example.org", [ALICE], date=t("08:40"))
+    digest = Spec("Inbox/digest.eml", "Weekly digest", "robot@example.org", [ALICE], date=t("08:30"))
+    made.append(Scenario("c5-c6-entries-without-message-id-are-their-mimecast-id")
+                .mailbox(ALICE, [digest])
+                .snapshot("08:59", ALICE, [entry("x1", built), entry("x2", built),      # two messages
+                                            entry("y1", digest), entry("y2", digest)])  # both fit one local
+                .start("09:00", "ev1", [ALICE])
+                .snapshot("09:02:30", ALICE, [entry("x1", built), entry("x3", built)], name="alice-again")
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, source="mimecast:x1")
+                .expects("deliver", ALICE, source="mimecast:x2")
+                .expects("deliver", ALICE, source="mimecast:y1")
+                .expects("deliver", ALICE, source="mimecast:y2")
+                .expects("deliver", ALICE, source="mimecast:x3"))
+
+    # --- aliases on snapshot pages, and an entry listed again under an alias (issue 26) -------------------
+    alias = "a.smith@acme.example"
+    parking = Spec("Inbox/parking.eml", "Parking", "facilities@example.org", [ALICE], date=t("08:20"))
+    first, second = mail("page-1", "On the first page", "08:30"), mail("page-2", "On the second page", "08:31")
+    made.append(Scenario("c5-alias-pages-and-a-relisted-entry")
+                .with_directory(users=[(ALICE, [alias])])
+                .mailbox(ALICE, [parking])
+                .snapshot("08:59", ALICE, [], pages=[page(ALICE, [entry("k1", parking), entry("n1", first)]),
+                                                     page(alias, [entry("n2", second)])])
+                .start("09:00", "ev1", [ALICE])
+                .snapshot("09:03:30", alias, [entry("k1", parking)], name="alias-again")
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, "<page-1@mail.example>", "mimecast:n1")
+                .expects("deliver", ALICE, "<page-2@mail.example>", "mimecast:n2"))
+
+    # --- C5 fallback key with aliases on either side (issue 17) --------------------------------------
+    robert = "robert@acme.example"
+    desk = Spec("Inbox/desk.eml", "Desk move", "facilities@example.org", [alias], date=t("08:10"))
+    lunch = Spec("Inbox/lunch.eml", "Lunch", robert, [ALICE], date=t("08:20"))
+    control = mail("control", "Not in the mailbox", "08:40")
+    made.append(Scenario("c5-aliases-in-the-fallback-key")
+                .with_directory(users=[(ALICE, [alias]), (BOB, [robert])])
+                .mailbox(ALICE, [desk, lunch])
+                .snapshot("08:59", ALICE, [entry("d1", replace(desk, to=[ALICE])),
+                                            entry("l1", replace(lunch, sender=BOB)), entry("c1", control)])
+                .start("09:00", "ev1", [ALICE])
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, "<control@mail.example>", "mimecast:c1"))
+
+    # --- C19: what vanished in one event does not count in a later one (issue 26) -----------------------
+    removed, binned = mail("removed", "Removed later", "09:04"), mail("binned", "Binned", "09:06")
+    made.append(Scenario("c19-copy-removed-before-a-later-event")
+                .mailbox(ALICE, [])
+                .start("09:00", "ev1", [ALICE])
+                .exchange("09:05", ALICE, "Inbox", removed)
+                .remove("09:06", ALICE, "exchange/removed.eml")
+                .exchange("09:07", ALICE, "Deleted Items", binned)
+                .end("09:10", "ev1")
+                .remove("09:15", ALICE, "exchange/binned.eml")      # in the post-event window
+                .snapshot("09:29", ALICE, [entry("r1", removed), entry("b1", binned)])
+                .start("09:30", "ev2", [ALICE])
+                .end("09:40", "ev2")
+                .expects("deliver", ALICE, "<removed@mail.example>", "mimecast:r1")
+                .expects("deliver", ALICE, "<binned@mail.example>", "mimecast:b1"))
+
+    # --- C12: only a tag naming our own delivery of that message shields a copy (issues 17, 26) ------------
+    tagged = [mail(f"tag-{n}", f"Tagged {n}", "09:00:10") for n in range(1, 6)]
+    tags = ["ev1/1", "ev0/2", "ev1/999", "not a tag", "ev1/1"]  # ours; another event; no such seq;
+    forged = (Scenario("c12-only-our-own-delivery-tags-shield")          # malformed; another message's
+              .mailbox(ALICE, [])
+              .start("09:00", "ev1", [ALICE])
+              .snapshot("09:00:30", ALICE, [entry(f"t{n}", spec) for n, spec in enumerate(tagged, start=1)]))
+    for spec, tag in zip(tagged, tags):
+        forged.exchange("09:03", ALICE, "Inbox", replace(spec, delivery=tag))
+    forged.end("09:10", "ev1")
+    for n, spec in enumerate(tagged, start=1):
+        forged.expects("deliver", ALICE, spec.message_id, f"mimecast:t{n}")
+    for spec in tagged[1:]:
+        forged.expects("purge", ALICE, spec.message_id, f"local:Inbox/{Path(spec.path).name}")
+    made.append(forged)
+
+    # --- C19: an export declared while an event covers its mailbox (issue 17) ---------------------------
+    kept_ = mail("kept", "Kept", "07:00")
+    archived = [mail(f"archived-{n}", f"Old thread {n}", "06:00", folder="Archive") for n in range(1, 4)]
+    fresh = mail("fresh", "Fresh", "09:04")
+    made.append(Scenario("c19-export-declared-mid-event")
+                .mailbox(ALICE, [kept_])
+                .snapshot("08:59", ALICE, [entry("k1", kept_), entry("a3", archived[2])])
+                .start("09:00", "ev1", [ALICE])                  # a3: not in the mailbox as known now
+                .snapshot("09:04:30", ALICE, [entry("a1", archived[0]), entry("a2", archived[1]),
+                                               entry("f1", fresh)], name="alice-0904")
+                .add_export("09:04:40", ALICE, "archive", archived)  # a baseline: a3 is never purged
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, "<archived-3@mail.example>", "mimecast:a3")
+                .expects("deliver", ALICE, "<fresh@mail.example>", "mimecast:f1"))
+
+    # --- C19: a mailbox with no export waits unless it is declared to have no local mail ---------------
+    newcomer = mail("welcome-aboard", "Welcome aboard", "08:30", to=[BOB])
+    made.append(Scenario("c19-no-local-mail-declared-or-waiting")
+                .no_local_mail(ALICE)
+                .snapshot("08:55", ALICE, [entry("a1", welcome)])
+                .snapshot("08:55", BOB, [entry("b1", newcomer)])
+                .snapshot("08:55", CAROL, [entry("c1", replace(welcome, to=[CAROL]))])
+                .start("09:00", "ev1", [ALICE, BOB, CAROL], no_local_mail=[BOB])  # carol: neither, she waits
+                .end("09:10", "ev1")
+                .expects("deliver", ALICE, "<welcome@mail.example>", "mimecast:a1")
+                .expects("deliver", BOB, "<welcome-aboard@mail.example>", "mimecast:b1"))
 
     return made
 
