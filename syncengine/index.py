@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from . import coverage, folders, normalise
 from .readers import eml, msg, pst, pst_items, pst_nodes
 from .record import ReadError, Record, SourceResult
 from .store import transaction
+from .workers import pool as worker_pool
 
 TREE_SUFFIXES = {".msg": "msg", ".eml": "eml", ".pst": "pst", ".ost": "pst"}
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -465,7 +465,7 @@ class Writer:
                 yield self.write_store(task, size, mtime_ns, records, result, progress, nodes)
         if small:
             nodes = {task.path: _nodes(task.path) for task, _, _ in small}
-            with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+            with worker_pool(workers or os.cpu_count() or 2) as pool:
                 for (task, size, mtime_ns), (_, result) in zip(small, pool.map(read_store, [s[0] for s in small]),
                                                                strict=True):
                     yield self.write_store(task, size, mtime_ns, result.records, result, progress, nodes[task.path])
@@ -619,7 +619,7 @@ class Writer:
             results: Iterable[list[tuple[Task, SourceResult]]] = map(_read_chunk, chunks)
             yield from self._write_results(results, stats, progress)
         else:
-            with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+            with worker_pool(workers or os.cpu_count() or 2) as pool:
                 yield from self._write_results(pool.map(_read_chunk, chunks), stats, progress)
 
     def _write_results(self, chunks, stats, progress) -> Iterator[FileReport]:

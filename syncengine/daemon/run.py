@@ -606,6 +606,10 @@ class Daemon:
                 read[1] = time.monotonic() + PROGRESS_SECONDS
                 log.info("indexing %s: %d message(s) read so far", address, read[0])
 
+        first = [e for e in exports if not coverage.is_read(db.conn, index.text(e))]
+        if first:
+            log.info("indexing %s: first read of %s; nothing is decided for it until this has read (C19)",
+                     address, ", ".join(map(str, first)))
         summary = index.run(db, exports, address, on_file=on_file, progress=progress)
         log.info("index of %s: %d file(s) read, %d unchanged, %d removed, %.2f s", address,
                  summary.files - summary.unchanged, summary.unchanged, summary.removed, summary.seconds)

@@ -19,13 +19,13 @@ import struct
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pypff
 
 from .. import folders, headers, normalise
+from .. import workers as workers_mod
 from ..record import ReadError, Record, SourceResult
 from . import mapi, pst_items, pst_nodes
 
@@ -150,7 +150,7 @@ def _parallel(path: Path, nodes: pst_nodes.Nodes, indexes: array, result: Source
               workers: int) -> Iterator[Record]:
     """Records in node order, parsed by `workers` processes that each open the store
     once; at most two chunks per worker are in flight, so memory stays flat."""
-    with ProcessPoolExecutor(max_workers=workers, initializer=_open_worker, initargs=(path, nodes)) as pool:
+    with workers_mod.pool(workers, _open_worker, (path, nodes)) as pool:
         pending: deque = deque()
         for start in range(0, len(indexes), CHUNK):
             pending.append(pool.submit(_read_worker, indexes[start:start + CHUNK]))
