@@ -362,6 +362,11 @@ class Server:
         refusal = self._refused(address, request.mailboxes)
         if refusal:
             return [refusal]
+        view = engine.directory_at(self.db.conn, time.time())
+        for mailbox in request.mailboxes:  # deltas name the primary: following an alias would hear nothing
+            if view.primary(mailbox) != mailbox:
+                return [{"op": "error", "reason": f"{mailbox} is an alias of {view.primary(mailbox)}; "
+                                                  f"follow {view.primary(mailbox)}"}]
         since = request.since or {}
         replies: list = []
         last = {}

@@ -264,6 +264,25 @@ def test_n5_end_event_and_status_are_authorised_per_mailbox(tmp_path):
         server.stop()
 
 
+def test_n5_aliases_stand_for_their_primary_in_authorisation_and_a_hello_for_an_alias_says_whose_it_is(tmp_path):
+    db = tmp_path / "store.db"
+    directory = tmp_path / "directory.json"
+    directory.write_text(json.dumps({"synced": "2026-03-02T06:00:00Z",
+                                     "users": [{"emailAddress": ALICE, "aliases": ["a.smith@acme.example"]}]}))
+    run_cli("directory", "add", str(directory), "--db", str(db), check=True)
+    write_deltas(db, ALICE, 2, "ev-alice")
+    server = serve(db)
+    where = endpoints.for_store(db)
+    try:
+        mine = _ask(where, json.dumps({"op": "hello", "client": "a.smith@acme.example/outlook",
+                                       "mailboxes": [ALICE]}).encode())
+        assert [r.get("mailbox_seq") for r in mine[:-1]] == [1, 2] and mine[-1]["op"] == "caught_up"
+        alias = _ask(where, json.dumps({"op": "hello", "client": ALICE, "mailboxes": ["A.Smith@acme.example"]}).encode())
+        assert alias == [{"op": "error", "reason": f"a.smith@acme.example is an alias of {ALICE}; follow {ALICE}"}]
+    finally:
+        server.stop()
+
+
 def test_n5_a_delegate_of_several_busy_mailboxes_always_gets_caught_up(tmp_path):
     db = tmp_path / "store.db"
     directory = tmp_path / "directory.json"
