@@ -551,6 +551,17 @@ def status(db: Path | None, config: Path | None, as_json: bool) -> None:
                              + (f"{item['export']}: {item['why']}" if item["export"] else item["why"])))
     for item in info["stale"]:
         click.echo(printable(f"stale: {item['file']} ({item['mailbox']}): {item['stale']}"))
+    for item in info["clients"]:
+        behind = (item["latest"] or 0) - item["acked"]
+        click.echo(printable(f"client {item['client']} ({item['mailbox']}): acknowledged {item['acked']} of "
+                             f"{item['latest'] or 0}" + (f", {behind} not applied yet" if behind else "")))
+    for item in info["mimecast"]:
+        if item["failures"]:
+            click.echo(printable(f"mimecast {item['address']}: {item['failures']} failed pass(es) in a row, last at "
+                                 f"{item['error_at']}: {item['last_error']}; last success "
+                                 f"{item['last_success'] or 'never'}"))
+        else:
+            click.echo(printable(f"mimecast {item['address']}: polled at {item['last_success']}"))
     click.echo(f"{info['deltas']} deltas in the log")
     click.echo(f"daemon: {info['daemon'] or 'not running'}")
     for error in info["last_errors"]:
@@ -676,56 +687,71 @@ def _mimecast(config: Path):
 def mimecast_poll(config: Path, db: Path, once: bool) -> None:
     """Fetch what Mimecast archived for each mailbox since the last pass.
 
-    Each pass lists the window's messages (the first pass looks back lookback_hours),
-    fetches detail and raw message for each one not fetched before, writes them as one
-    snapshot folder per mailbox into snapshot_folder (built under a dot-name and renamed,
-    so a watcher never sees half of one), and applies it to the store, as `snapshot add`
-    does. Without --once it passes every interval_s until SIGTERM or Ctrl-C, retrying
-    with backoff when the network fails.
+    Each pass lists each mailbox's messages by receipt time (the first pass looks back
+    lookback_hours; later ones from shortly before the last, and on slower schedules
+    wider, so that mail the archive lists late is still found: C8a), fetches detail and
+    raw message for each one not fetched before, writes them as one snapshot folder per
+    mailbox into snapshot_folder (built under a dot-name and renamed, so a watcher never
+    sees half of one), and applies it to the store, as `snapshot add` does. While an
+    event that expands distribution lists covers a mailbox, its lists' mail is fetched
+    too (kind: group). Without --once it passes every interval_s until SIGTERM or
+    Ctrl-C; a failed pass is retried after a backoff (doubling, at most an hour).
+
+    While a daemon holds the store, the daemon applies what this fetches (one writer).
+    One poller per store: a second one, or a daemon polling Mimecast itself, is refused.
 
     \b
-    Exit codes:
+    Exit codes (--once):
       0  the pass fetched everything it listed
-      1  the credentials were refused (401, 403, 418), or the network failed (--once)
+      1  the credentials were refused (401, 403, 418), or the pass failed
       2  the config is invalid
-      3  some messages could not be fetched; their entries were written without content
+      3  some messages came without content (they are fetched again on later passes),
+         or some addresses failed; the rest was applied
     """
     import logging
     import signal
+    import threading
 
-    from .mimecast import api as api_mod
+    from . import locks
     from .mimecast import poller
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     settings, api = _mimecast(config)
     database = open_store(db)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    backoff = settings.interval_s
-    while True:
-        now = engine.wall_clock()
-        try:
-            passes = poller.fetch(api, settings, database, now)
-            poller.apply(database, passes, now)
-        except api_mod.ApiError as exc:
-            if exc.fatal or once:
-                _fail(str(exc), EXIT_STORE)
-            backoff = min(backoff * 2, 3600)
-            click.echo(printable(f"warning: {exc}; trying again in {backoff} s"), err=True)
-        else:
-            backoff = settings.interval_s
-            missing = sum(len(p.without_content) for p in passes)
-            click.echo(f"pass: {sum(len(p.ids) for p in passes)} new message(s) for {len(passes)} mailbox(es), "
-                       f"{api.requests} request(s) so far" + (f", {missing} without content" if missing else ""))
-            if once:
-                sys.exit(EXIT_SOME_FAILED if missing else EXIT_OK)
-        try:
-            for _ in range(int(backoff * 10)):
-                if stopping:
-                    return
-                time.sleep(0.1)  # the pause between passes, cut short by SIGTERM
-        except KeyboardInterrupt:
-            return
+    try:
+        lock = locks.hold(Path(f"{db}.d") / "mimecast.lock")
+    except locks.Held as held:
+        _fail(f"another Mimecast poller runs on this store ({held}): a `mimecast poll`, or a daemon whose "
+              "config has [mimecast]", EXIT_STORE)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def apply(folder: Path) -> None:
+        if _via_daemon(db, {"command": "mimecast_apply", "paths": [str(folder)]}) is None:
+            poller.apply_folder(database, folder, engine.wall_clock())
+
+    def record(outcomes: dict, now: float) -> None:
+        if _via_daemon(db, {"command": "mimecast_apply", "outcomes": outcomes}) is None:
+            with store.transaction(database.conn) as conn:
+                poller.record_health(conn, outcomes, now)
+        if not once:
+            click.echo(f"pass: {sum(1 for e in outcomes.values() if e is None)} of {len(outcomes)} address(es) "
+                       f"polled, {api.requests} request(s) so far")
+
+    try:
+        passes = poller.supervise(api, settings, database, stop, apply, record, once=once)
+    except Exception as exc:  # --once: the pass failed as a whole
+        _fail(printable(str(exc)), EXIT_STORE)
+    finally:
+        lock.close()
+    if once:
+        missing = sum(len(p.without_content) for p in passes)
+        failed = [p for p in passes if p.error]
+        click.echo(f"pass: {sum(len(p.ids) for p in passes)} new message(s) for {len(passes)} address(es), "
+                   f"{api.requests} request(s)" + (f", {missing} without content" if missing else "")
+                   + (f", {len(failed)} failed" if failed else ""))
+        sys.exit(EXIT_SOME_FAILED if missing or failed else EXIT_OK)
 
 
 @mimecast.command("directory")
@@ -881,7 +907,11 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
     SMTP and moves it to Sent Items; defer is logged. Each delta is acknowledged only once
     its effect is durable, and a journal in the folder (a dot-file) makes a restart
     re-apply nothing. Content the engine's files do not give (another machine) is fetched
-    over the protocol; a delivery with no content at all is reported as unfetchable.
+    over the protocol. A delivery whose content cannot be had yet (Mimecast did not give
+    it, or the engine cannot serve it now) is never acknowledged unread: it stays pending,
+    is tried again with backoff (2 s, doubling to 5 min) while the deltas after it go on,
+    and is listed as pending when apply ends; `syncengine status` shows the client's
+    acknowledgement behind the log meanwhile.
 
     \b
     Examples:

@@ -109,11 +109,13 @@ class Client:
 
     # --- receiving ----------------------------------------------------------------------------
 
-    def deltas(self, timeout: float | None = None) -> Iterator[dict]:
-        """Each delta once, in order; stops after `timeout` seconds without one (None: never)."""
+    def deltas(self, timeout: float | None = None, tick: float | None = None) -> Iterator[dict | None]:
+        """Each delta once, in order; stops after `timeout` seconds without one (None: never).
+        With `tick`, also None at least every `tick` seconds, so the caller can do its own
+        timed work (retries) between deltas."""
         poller = zmq.Poller()
         registered = None
-        idle_since = time.monotonic()
+        idle_since = ticked = time.monotonic()
         while True:
             if registered != (self._sub, self._dealer):
                 poller = zmq.Poller()
@@ -144,6 +146,9 @@ class Client:
                 self._hello()
             if timeout is not None and now - idle_since > timeout:
                 return
+            if tick is not None and now - ticked >= tick:
+                ticked = now
+                yield None
 
     def _accept(self, delta: dict, caught_up: bool = False) -> dict | None:
         """Hand over `delta` if it is the next one. A catch-up reply is contiguous from

@@ -13,8 +13,11 @@ Private (N4): everything the store writes is for its owner only, whatever the um
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 NAME_MAX = 255     # bytes in one path component, as on every file system we meet
@@ -56,22 +59,39 @@ def private_dir(folder: Path) -> Path:
     return folder
 
 
-def write_durable(target: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `target` so that after any crash it is either absent or whole."""
+class TooLarge(OSError):
+    """More bytes than a write allows; nothing was written."""
+
+
+def write_durable(target: Path, data: bytes | Iterable[bytes], mode: int = 0o600, limit: int | None = None) -> int:
+    """Write `data` (bytes, or chunks as they come) to `target` so that after any crash it
+    is either absent or whole; returns its size. The temporary file beside it has a name
+    of its own (O_EXCL), so two processes writing one target never share a half-written
+    file. With `limit`, more bytes than that raise TooLarge and leave nothing behind."""
     target = Path(target)
-    partial = target.with_name(f".{target.name}.part")
-    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), mode)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:200]}.", suffix=".part")
+    written = 0
     try:
-        if hasattr(os, "fchmod"):  # O_CREAT's mode is masked by the umask; an old file keeps its own
-            os.fchmod(handle, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(handle, view):]
-        os_fsync(handle)
-    finally:
-        os.close(handle)
-    os.replace(partial, target)
+        try:
+            if hasattr(os, "fchmod"):  # the umask must not widen it, whatever it is
+                os.fchmod(handle, mode)
+            for chunk in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                written += len(chunk)
+                if limit is not None and written > limit:
+                    raise TooLarge(f"{target.name}: larger than {limit:,} bytes")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(handle, view):]
+            os_fsync(handle)
+        finally:
+            os.close(handle)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
     fsync_dir(target.parent)
+    return written
 
 
 def _relative(name: str, what: str) -> Path:

@@ -436,15 +436,21 @@ class Server:
         refusal = self._refused(address, [request.mailbox])
         if refusal:
             return [refusal]
-        row = self.db.execute("SELECT content FROM deltas WHERE mailbox = ? AND mailbox_seq = ?",
+        row = self.db.execute("SELECT content, source, action FROM deltas WHERE mailbox = ? AND mailbox_seq = ?",
                               (request.mailbox, request.mailbox_seq)).fetchone()
         header = {"op": "content", "mailbox": request.mailbox, "mailbox_seq": request.mailbox_seq}
         if row is None:
             return [{"op": "error", "reason": f"no delta {request.mailbox_seq} for {request.mailbox}"}]
-        if row[0] is None:
-            return [{"op": "error", "reason": "that delta has no content (content: null)"}]
+        path = row[0]
+        if path is None and row[2] == "deliver" and row[1].startswith("mimecast:"):
+            # delivered before Mimecast gave its part: the poller may have fetched it since
+            found = self.db.execute("SELECT content FROM entries WHERE entry_id = ? AND content IS NOT NULL LIMIT 1",
+                                    (row[1][len("mimecast:"):],)).fetchone()
+            path = found[0] if found else None
+        if path is None:
+            return [{"op": "error", "reason": "that delta has no content yet (content: null)"}]
         try:
-            data = files.read_regular(Path(row[0]))
+            data = files.read_regular(Path(path))
         except OSError:
             return [{"op": "error", "reason": "the content file is no longer readable"}]
         return [[{**header, "size": len(data)}, data]]

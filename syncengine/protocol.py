@@ -67,7 +67,7 @@ class Content(msgspec.Struct, tag="content", tag_field="op"):
 class Admin(msgspec.Struct, tag="admin", tag_field="op"):
     """A state-changing command line run by the store's owner while a daemon holds the
     store: the daemon runs it as one of its own tasks (one writer). ipc only."""
-    command: Literal["snapshot_add", "directory_add", "sync", "index", "event_start", "event_end"]
+    command: Literal["snapshot_add", "directory_add", "sync", "index", "event_start", "event_end", "mimecast_apply"]
     path: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     paths: Annotated[list[Annotated[str, msgspec.Meta(max_length=4096)]], msgspec.Meta(max_length=1000)] = []
     mailbox: Name | None = None
@@ -75,6 +75,8 @@ class Admin(msgspec.Struct, tag="admin", tag_field="op"):
     event: Name | None = None
     expand_distribution_lists: bool = False
     no_local_mail: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAILBOXES)] = []
+    outcomes: Annotated[dict[Name, Annotated[str, msgspec.Meta(max_length=500)] | None],
+                        msgspec.Meta(max_length=1000)] = {}  # mimecast_apply: each address's pass
 
 
 Request = Hello | Ack | Status | StartEvent | EndEvent | Content | Admin

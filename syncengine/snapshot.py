@@ -139,6 +139,10 @@ def store_content(source: str, content_dir: Path) -> tuple[str, bytes]:
     gone. Named by the digest of the bytes read once, which are the bytes written."""
     data = files.read_regular(Path(source))
     target = content_dir / (hashlib.sha256(data).hexdigest()[:32] + ".eml")
-    if not target.exists():
+    try:
+        present = target.stat().st_size == len(data)
+    except OSError:
+        present = False
+    if not present:  # content-addressed: another process storing the same bytes is success
         files.write_durable(target, data)
     return str(target), data

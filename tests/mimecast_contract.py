@@ -11,8 +11,10 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -21,16 +23,28 @@ APP_ID, APP_KEY, ACCESS_KEY = "app-1", "app-key-1", "access-1"
 SECRET_KEY = base64.b64encode(b"hmac-secret-bytes").decode()
 
 
+def mimecast_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(epoch))
+
+
+def _epoch(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+
 @dataclass
 class Message:
+    """A message as the archive holds it: `mailbox` is the address it was received for (a
+    mailbox, or a distribution list's own address); the list answers by receipt time, and
+    only once the archive has listed it (`listed_at` on the contract's clock)."""
     id: str
     mailbox: str
     raw: bytes
-    received: str = "2026-11-28T08:59:12+0000"
+    received: str = field(default_factory=lambda: mimecast_time(time.time() - 600))
     subject: str = "Hello"
     sender: str = "bob@example.org"
     header_date: str = "2026-11-28T08:59:02+0000"
     message_id: str = ""
+    listed_at: float = 0.0
 
 
 @dataclass
@@ -45,6 +59,8 @@ class Contract:
     tokens: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     gate: threading.Event | None = None                      # when set up, parts wait for it
+    now: float | None = None      # the archive's clock for `listed_at` (None: everything is listed)
+    listings: list = field(default_factory=list)             # (start, end) of every list request
 
     def fault(self, path: str):
         with self.lock:
@@ -119,7 +135,12 @@ def serve(contract: Contract) -> tuple[ThreadingHTTPServer, str]:
                     return self._envelope([], fail=[{"errors": [{"code": "err_mailbox_required",
                                                                  "message": "no logged-in user",
                                                                  "retryable": False}]}])
-                mine = [m for m in contract.messages if m.mailbox == data["mailbox"]]
+                window = (_epoch(data["start"]), _epoch(data["end"]))
+                contract.listings.append(window)
+                listed = time.time() if contract.now is None else contract.now
+                mine = sorted((m for m in list(contract.messages) if m.mailbox == data["mailbox"]
+                               and window[0] <= _epoch(m.received) <= window[1] and m.listed_at <= listed),
+                              key=lambda m: (m.received, m.id))
                 start, size = int(pagination.get("pageToken") or 0), int(pagination.get("pageSize") or 25)
                 page = mine[start:start + size]
                 nxt = str(start + size) if start + size < len(mine) else None

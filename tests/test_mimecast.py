@@ -69,15 +69,13 @@ def test_a_pass_pages_through_the_list_and_writes_one_complete_snapshot_applied_
     assert result.returncode == 0, result.stderr
     assert "7 new message(s)" in result.stdout
     assert contract.calls["/api/archive/get-message-list"] == 3  # pages of 3: 3 + 3 + 1
-    (folder,) = _folders(tmp_path)
-    page = json.loads((folder / "snapshot.json").read_text())
-    assert page["meta"]["snapshot"]["address"] == ALICE and len(page["data"]) == 7
-    first = page["data"][0]
-    assert first["mimeMessageId"] == "<mc-0@mail.example>" and first["headers"] == [{"name": "X-Test", "values": ["1"]}]
-    assert (folder / first["content"]).read_bytes() == _raw(0)
     database = store.connect(db)
-    assert database.execute("SELECT count(*) FROM entries").fetchone()[0] == 7
-    assert database.execute("SELECT path FROM snapshots").fetchone()[0] == str(folder)
+    rows = database.execute("SELECT e.address, e.kind, e.message_id, e.content, s.path FROM entries e"
+                            " JOIN snapshots s ON s.id = e.snapshot_id ORDER BY e.id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(ALICE, "mailbox")] * 7
+    assert rows[0][2] == "mc-0@mail.example" and Path(rows[0][3]).read_bytes() == _raw(0)
+    assert database.execute("SELECT count(*) FROM mimecast_fetched").fetchone()[0] == 7
+    assert _folders(tmp_path) == [] and not Path(rows[0][4]).exists()  # applied, its content in the store
 
 
 def test_a_second_pass_fetches_only_new_ids_one_list_call_per_page_and_two_per_new_message(tmp_path, contract):
@@ -91,7 +89,8 @@ def test_a_second_pass_fetches_only_new_ids_one_list_call_per_page_and_two_per_n
     assert delta["/api/archive/get-message-list"] == 3
     assert delta["/api/archive/get-message-detail"] == 1 and delta["/api/archive/get-message-part"] == 1
     third = _poll(config, db)
-    assert "0 new message(s)" in third.stdout and len(_folders(tmp_path)) == 2
+    assert "0 new message(s)" in third.stdout
+    assert store.connect(db).execute("SELECT count(*) FROM snapshots").fetchone()[0] == 2
 
 
 def test_end_to_end_poll_then_event_delivers_the_bytes_the_server_served(tmp_path, contract):
@@ -148,8 +147,11 @@ def test_network_loss_fails_a_single_pass_and_earlier_snapshots_stand(tmp_path, 
     contract.messages.append(_message(7))
     contract.faults = {"/api/archive/get-message-list": [("drop",)] * 10}
     result = _poll(config, db)
-    assert result.returncode == 1 and "network" in result.stderr
-    assert len(_folders(tmp_path)) == 1
+    assert result.returncode == 3 and "network" in result.stderr and "1 failed" in result.stdout
+    database = store.connect(db)
+    assert database.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 1
+    health = database.execute("SELECT address, failures, last_error FROM mimecast_health").fetchall()
+    assert [(a, n) for a, n, _ in health] == [(ALICE, 1)] and "network" in health[0][2]
 
 
 def test_a_poller_killed_mid_pass_leaves_only_complete_snapshot_folders(tmp_path, contract):
@@ -165,9 +167,8 @@ def test_a_poller_killed_mid_pass_leaves_only_complete_snapshot_folders(tmp_path
     assert _folders(tmp_path) == []  # the one being built is under a dot-name
     contract.gate = None
     assert _poll(config, db).returncode == 0
-    (folder,) = _folders(tmp_path)
-    assert len(json.loads((folder / "snapshot.json").read_text())["data"]) == 7
-    assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.startswith(".")]
+    assert store.connect(db).execute("SELECT count(*), count(DISTINCT snapshot_id) FROM entries").fetchone() == (7, 1)
+    assert list((tmp_path / "snapshots").iterdir()) == []  # nothing half-written, nothing left over
 
 
 @pytest.mark.parametrize("change, says", [

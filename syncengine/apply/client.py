@@ -15,27 +15,32 @@ import os
 import smtplib
 import sqlite3
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import files
-from .mailbox import ApplyError, Layout, Retry, Smtp
+from .mailbox import ApplyError, Layout, Pending, Retry, Smtp
 
 log = logging.getLogger("syncengine.apply")
 
 JOURNAL = ".syncengine-apply.db"
 
 
+RETRY_FIRST = 2.0    # seconds before a pending delivery is tried again; doubled each time
+RETRY_MAX = 300.0
+
+
 @dataclass
 class Report:
     counts: Counter = field(default_factory=Counter)
-    unfetchable: list[tuple[str | None, str | None]] = field(default_factory=list)  # (Message-ID, subject)
+    pending: dict[int, str] = field(default_factory=dict)  # mailbox_seq -> what is still waiting, and why
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "nothing to apply"]
-        out += [f"unfetchable: {mid or '(no Message-ID)'} {subject or ''}".rstrip() for mid, subject in self.unfetchable]
+        out += [f"pending #{seq}: {what}; not acknowledged, tried again later" for seq, what in sorted(self.pending.items())]
         return out + self.problems
 
 
@@ -99,20 +104,23 @@ class Applier:
         return outcome
 
     def _deliver(self, delta: dict) -> str:
+        """N1: only a delivery that is in the mailbox is acknowledged. One whose content
+        cannot be had now stays pending: the engine may get it later (Mimecast's part
+        fetched again), and the deliveries after it go on meanwhile."""
         raw = self._content(delta)
         if raw is None:
-            self.report.unfetchable.append((delta.get("message_id"), delta.get("subject")))
-            return "unfetchable"
+            raise Pending(f"{delta.get('message_id') or '(no Message-ID)'} {delta.get('subject') or ''}".rstrip()
+                          + ": its content cannot be fetched yet")
         self.layout.deliver(raw, delta["event"], delta["seq"], delta["mailbox"])
         return "delivered"
 
     def _content(self, delta: dict) -> bytes | None:
-        if delta.get("content") is None:
-            return None
-        try:
-            return files.read_regular(Path(delta["content"]))
-        except OSError:
-            return self.fetch(delta)  # another machine: the engine's files are not ours to read
+        if delta.get("content") is not None:
+            try:
+                return files.read_regular(Path(delta["content"]))
+            except OSError:
+                pass  # another machine: the engine's files are not ours to read
+        return self.fetch(delta)  # the engine may have it now, though the delta said null
 
     def _purge(self, delta: dict) -> str:
         outcome = self.layout.purge(_locator(delta), delta.get("message_id"))
@@ -154,25 +162,58 @@ class Applier:
 
 
 def run(applier: Applier, listener, mailbox: str, stop: threading.Event, idle: float | None = None) -> Report:
-    """Apply each delta of `mailbox` as it arrives, acknowledging it once durable; with
-    `idle`, return after that many seconds with nothing new (apply what is pending)."""
-    for delta in listener.deltas(timeout=idle):
-        if delta["mailbox"] != mailbox:
-            continue
-        wait = 1.0
-        while True:
-            try:
-                applier.apply(delta)
-                break
-            except Retry as exc:  # in order: nothing after it is applied before it
-                log.warning("%s; trying delta %d again in %.0f s", exc, delta["mailbox_seq"], wait)
-                if stop.wait(wait):
-                    return applier.report
-                wait = min(wait * 2, 60.0)
-        listener.ack(delta["mailbox"], delta["mailbox_seq"])
+    """Apply each delta of `mailbox` as it arrives, acknowledging what is durable; with
+    `idle`, return after that many seconds with nothing new (apply what is pending).
+
+    Acknowledgements count up to a mailbox_seq (the server keeps the highest), so only
+    the unbroken run of applied deltas is acknowledged: a pending delivery holds the
+    acknowledgement back (and a restart brings it again) but not the deltas after it,
+    which are applied and journalled meanwhile."""
+    acked: int | None = None      # the last mailbox_seq acknowledged
+    applied: set[int] = set()     # applied beyond it
+    waiting: dict[int, list] = {}  # mailbox_seq -> [delta, when to try again, backoff]
+    for delta in listener.deltas(timeout=idle, tick=1.0):
+        if delta is not None and delta["mailbox"] == mailbox:
+            if acked is None:  # a catch-up starts right after the last acknowledgement
+                acked = delta["mailbox_seq"] - 1
+            if _attempt(applier, delta, stop, waiting):
+                applied.add(delta["mailbox_seq"])
+        now = time.monotonic()
+        for seq, (pending, due, _) in sorted(waiting.items()):
+            if due <= now and _attempt(applier, pending, stop, waiting):
+                applied.add(seq)
+        if acked is not None and acked + 1 in applied:
+            while acked + 1 in applied:
+                acked += 1
+                applied.discard(acked)
+            listener.ack(mailbox, acked)
         if stop.is_set():
             break
+    applier.report.pending = {seq: str(item[0].get("_pending")) for seq, item in waiting.items()}
     return applier.report
+
+
+def _attempt(applier: Applier, delta: dict, stop: threading.Event, waiting: dict) -> bool:
+    """Apply one delta: True once it is applied (now or before). A relay that is away
+    holds everything after a send (in order); a pending delivery waits on its own."""
+    wait = 1.0
+    while True:
+        try:
+            applier.apply(delta)
+            waiting.pop(delta["mailbox_seq"], None)
+            return True
+        except Pending as exc:
+            backoff = RETRY_FIRST if delta["mailbox_seq"] not in waiting else min(
+                waiting[delta["mailbox_seq"]][2] * 2, RETRY_MAX)
+            delta["_pending"] = str(exc)
+            waiting[delta["mailbox_seq"]] = [delta, time.monotonic() + backoff, backoff]
+            log.warning("delta %d pending: %s; trying again in %.0f s", delta["mailbox_seq"], exc, backoff)
+            return False
+        except Retry as exc:  # in order: nothing after it is applied before it
+            log.warning("%s; trying delta %d again in %.0f s", exc, delta["mailbox_seq"], wait)
+            if stop.wait(wait):
+                return False
+            wait = min(wait * 2, 60.0)
 
 
 def _locator(delta: dict) -> str:

@@ -30,6 +30,11 @@ class Retry(Exception):
     """A delta that cannot be applied yet (the relay is down): not recorded, not acked."""
 
 
+class Pending(Exception):
+    """A delta that cannot be applied yet but need not hold up those after it (a delivery
+    whose content cannot be fetched now): not recorded, not acked, tried again later."""
+
+
 def with_delivery_header(raw: bytes, event: str, seq: int) -> bytes:
     """The stored content with one header line added at the top (C12): the original
     headers stay in order and the body is byte-equal."""

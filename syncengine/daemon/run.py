@@ -419,8 +419,14 @@ class Daemon:
             log.warning("%s waits for its index: %s: %s", item["mailbox"], item["export"], item["why"])
 
     def _snapshot(self, path: Path) -> None:
+        """A snapshot folder or page, applied once whoever sees it first; one the Mimecast
+        poller wrote records what was fetched in the same transaction (poller.apply_folder)."""
+        from ..mimecast import poller
         try:
-            result = engine.add_snapshot(self.db, path, engine.wall_clock(), once=True)
+            if path.is_dir() and poller.read_manifest(path) is not None:
+                result = poller.apply_folder(self.db, path, engine.wall_clock())
+            else:
+                result = engine.add_snapshot(self.db, path, engine.wall_clock(), once=True)
         except formats.FormatError as exc:
             log.error("%s", exc)
             return
@@ -491,6 +497,15 @@ class Daemon:
                 parsed = engine.add_directory(self.db, Path(request.path), now)
                 return {"op": "done", "result": {"users": len(parsed.users), "groups": len(parsed.groups),
                                                  "delegates": len(parsed.delegates)}}
+            if request.command == "mimecast_apply":  # a standalone `mimecast poll` on this store
+                from ..mimecast import poller
+                for path in request.paths:
+                    self._snapshot(Path(path))
+                if request.outcomes:
+                    with transaction(self.db.conn) as conn:
+                        poller.record_health(conn, request.outcomes, now)
+                self._published([1])
+                return {"op": "done", "result": {"applied": len(request.paths)}}
             if request.command == "sync":
                 written = engine.poll(self.db, now)
                 self._published(written)
@@ -507,49 +522,73 @@ class Daemon:
     # --- the Mimecast poller thread -------------------------------------------------------------
 
     def _mimecast(self) -> None:
-        """Fetch on the poller's own schedule (interval_s); the apply runs on the writer.
-        Credentials refused stop the poller, not the daemon; a network fault backs off."""
+        """Fetch on the poller's own schedule (interval_s), supervised: a failed pass is one
+        log line and a backoff, never the end of the thread. Each folder is applied on the
+        writer (with what it fetched, in one transaction), the health in `status`."""
         from ..mimecast import api as api_mod
         from ..mimecast import poller
 
         settings = self.settings.mimecast
+        lock = self._poller_lock()
+        if lock is None:
+            return
         api = api_mod.Api(settings)
         read = store.connect(self.settings.db)
-        wait, next_directory = settings.interval_s, 0.0
-        try:
-            while not self.stop.is_set():
-                now = engine.wall_clock()
+        next_directory = [0.0]
+
+        def directory(now: float) -> None:  # the groups' members, on the rescan schedule
+            if settings.groups and time.monotonic() >= next_directory[0]:
+                next_directory[0] = time.monotonic() + self.settings.rescan_interval
                 try:
-                    if settings.groups and time.monotonic() >= next_directory:
-                        next_directory = time.monotonic() + self.settings.rescan_interval
-                        poller.write_directory(poller.directory(api, settings, now), settings.directory_file)
-                        self.writes.put(self._directory)
-                    passes = poller.fetch(api, settings, read, now)
-                    applied = threading.Event()  # the next pass reads what this one recorded
-                    self.writes.put(lambda p=passes, t=now, e=applied: self._apply_pass(p, t, e))
-                    while not applied.wait(0.5) and not self.stop.is_set():
-                        pass
-                    wait = settings.interval_s
-                except api_mod.ApiError as exc:
-                    if exc.fatal:
-                        log.error("Mimecast poller stopped: %s", exc)
-                        return
-                    wait = min(wait * 2, 3600)
-                    log.warning("Mimecast: %s; trying again in %d s", exc, wait)
-                self.stop.wait(wait)
+                    poller.write_directory(poller.directory(api, settings, now), settings.directory_file)
+                except Exception as exc:  # the mail goes on without a new directory sync
+                    log.warning("Mimecast directory: %s", exc)
+                    return
+                self.writes.put(self._directory)
+
+        try:
+            poller.supervise(api, settings, read, self.stop, self._apply_folder, self._record_health, directory)
         finally:
             api.close()
             read.conn.close()
+            lock.close()
 
-    def _apply_pass(self, passes: list, now: float, applied: threading.Event) -> None:
+    def _poller_lock(self):
+        """One Mimecast poller per store: while a `syncengine mimecast poll` runs on it, wait."""
+        told = False
+        while not self.stop.is_set():
+            try:
+                return locks.hold(Path(f"{self.settings.db}.d") / "mimecast.lock")
+            except locks.Held as held:
+                if not told:
+                    log.warning("Mimecast: another poller runs on this store (%s); the daemon's waits for it", held)
+                    told = True
+            self.stop.wait(self.settings.mimecast.interval_s)
+        return None
+
+    def _apply_folder(self, folder: Path) -> None:
+        """A folder the poller wrote, applied on the writer; the poller waits for it, so its
+        next pass reads what this one recorded."""
+        done = threading.Event()
+
+        def task() -> None:
+            try:
+                self._snapshot(folder)
+            finally:
+                done.set()
+
+        self.writes.put(task)
+        while not done.wait(0.5) and not self.stop.is_set():
+            pass
+
+    def _record_health(self, outcomes: dict, now: float) -> None:
         from ..mimecast import poller
-        try:
-            poller.apply(self.db, passes, now)
-        finally:
-            applied.set()
-        for result in passes:
-            if result.folder is not None:
-                log.info("Mimecast: %d new message(s) for %s", len(result.ids), result.mailbox)
+
+        def task() -> None:
+            with transaction(self.db.conn) as conn:
+                poller.record_health(conn, outcomes, now)
+
+        self.writes.put(task)
 
     # --- the indexer thread ----------------------------------------------------------------------
 

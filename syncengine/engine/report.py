@@ -53,5 +53,14 @@ def status(db: sqlite_utils.Database) -> dict:
         " ORDER BY e.rowid DESC LIMIT 10")]
     stale = [{"file": r["path"], "mailbox": r["mailbox"], "stale": r["stale"]} for r in db.query(
         "SELECT path, mailbox, stale FROM sources WHERE stale IS NOT NULL ORDER BY path")]
+    # N1: a client whose acknowledgement is behind the log has deltas it has not applied
+    # (a delivery whose content it could not fetch yet holds its acknowledgement back).
+    clients = [{"client": r[0], "mailbox": r[1], "acked": r[2], "latest": r[3]} for r in db.execute(
+        "SELECT a.client, a.mailbox, a.mailbox_seq, (SELECT max(mailbox_seq) FROM deltas d WHERE d.mailbox = a.mailbox)"
+        " FROM client_acks a ORDER BY a.client, a.mailbox")]
+    poller = [{"address": r[0], "last_success": normalise.iso(r[1]), "last_error": r[2], "error_at": normalise.iso(r[3]),
+               "failures": r[4]} for r in db.execute(
+        "SELECT address, last_success, last_error, error_at, failures FROM mimecast_health ORDER BY address")]
     return {"events": events, "deltas": db.execute("SELECT count(*) FROM deltas").fetchone()[0],
-            "last_errors": errors, "waiting": waiting(db.conn), "stale": stale}
+            "last_errors": errors, "waiting": waiting(db.conn), "stale": stale, "clients": clients,
+            "mimecast": poller}

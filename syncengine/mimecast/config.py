@@ -30,6 +30,7 @@ class Section(msgspec.Struct, forbid_unknown_fields=True):
     secret_key_file: str | None = None
     groups: list[str] = []
     lookback_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 365)] = 72
+    lag_allowance_hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 365)] = 24
     page_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 500
     interval_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     snapshot_folder: str | None = None
@@ -47,6 +48,7 @@ class Mimecast:
     mailboxes: list[str]
     groups: list[str]
     lookback_hours: int
+    lag_allowance_hours: int
     page_size: int
     interval_s: int
     snapshot_folder: Path
@@ -90,7 +92,8 @@ def section(raw: dict, where: Path, defaults: dict[str, Path] | None = None) -> 
     folder = base / got.snapshot_folder if got.snapshot_folder else defaults.get("snapshot_folder", base / "snapshots")
     directory = base / got.directory_file if got.directory_file else \
         defaults.get("directory_file", base / "directory.json")
-    return Mimecast(got.base_url.rstrip("/"), got.auth, mailboxes, groups, got.lookback_hours, got.page_size,
+    return Mimecast(got.base_url.rstrip("/"), got.auth, mailboxes, groups, got.lookback_hours,
+                    got.lag_allowance_hours, got.page_size,
                     got.interval_s, folder, directory, got.client_id, got.app_id, got.app_key, got.access_key, secret)
 
 

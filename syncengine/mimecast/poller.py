@@ -1,10 +1,23 @@
-"""A pass of the poller: for each mailbox, the messages Mimecast archived in the window
-that were not fetched before become one snapshot folder (formats.md), written atomically
-(built under a dot-name beside its final name, then renamed), then applied by the same
-code as `snapshot add`, recording what was fetched in the same transaction.
+"""A pass of the poller: for each address it follows (the configured mailboxes, and while
+an event that expands distribution lists covers one of them, the lists it belongs to),
+the messages Mimecast archived that were not fetched before become one snapshot folder
+(formats.md), built under a dot-name and renamed into place.
 
-Fetching does no write to the store, so the daemon runs it on its own thread and hands
-only the apply to its writer.
+Archive lag (C8a). Mimecast's archive lists a message some time after receiving it
+(minutes, at busy times hours), and its message list filters by receipt time only. So a
+pass lists more than the time since the last one: every pass lists from a little before
+the last pass's end, and a ladder of wider listings runs on slower schedules (the last
+hour every 4 passes, 4 hours every 16, 16 hours every 64, ...) down to the horizon: the
+look-back before the start of an event that covers the address, or `lag_allowance_hours`
+outside events. A message listed L late is found within about L/3; what a pass lists
+that was fetched before costs one list page per 500 ids, nothing more.
+
+One applier. A folder carries a manifest (`mimecast.json`: what was fetched, for which
+address, up to when). Whoever applies the folder (this process, the daemon's writer when
+a daemon holds the store, or a daemon's drop-folder watcher) records what was fetched in
+the transaction that applies it, with `apply_folder`: nothing counts as fetched until
+its page is applied, and an applied folder is removed. Fetching writes nothing to the
+store, so the daemon runs it on its own thread and hands only the apply to its writer.
 """
 
 from __future__ import annotations
@@ -16,122 +29,329 @@ import os
 import shutil
 import time
 import uuid
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlite_utils
 
-from .. import engine, files, normalise, store
+from .. import engine, files, normalise, snapshot, store
 from .api import Api, ApiError
 from .config import Mimecast
 
 log = logging.getLogger("syncengine.mimecast")
 
-OVERLAP_SECONDS = 300  # each window starts this long before the last one ended: nothing slips between
+OVERLAP_SECONDS = 300   # each pass lists from this long before the last one ended
+LADDER_BASE = 900       # level k lists the last 15 min x 4^k, every 4^k passes
+LADDER_FACTOR = 4
+MANIFEST = "mimecast.json"
+RETRY_PARTS = 20        # parts tried again per address and pass
+RETRY_ATTEMPTS = 10     # then the entry stays without content (the client may fetch it elsewhere)
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    kind: str         # mailbox | group
+    horizon: float    # the oldest receipt time the ladder lists down to
 
 
 @dataclass
 class Fetched:
-    """One mailbox's pass: the snapshot folder written (None when nothing was new)."""
-    mailbox: str
+    """One address's pass: the snapshot folder written (None when nothing was new)."""
+    target: Target
     window_end: float
     ids: list[str]
     folder: Path | None = None
     without_content: list[str] = field(default_factory=list)  # ids whose part could not be fetched
+    error: str | None = None   # why this address's pass failed (the others went on)
+
+
+class Ladder:
+    """When each wider listing last ran, per address: kept by the poller process (a restart
+    lists down to the horizon once, which is a sweep, not a loss)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, str, int], float] = {}
+
+    def window(self, target: Target, last_end: float | None, now: float, interval: float,
+               first: float) -> tuple[float, list[int]]:
+        """The start of this pass's listing (it ends now), and the levels it covers."""
+        start = min(target.horizon, first) if last_end is None else max(target.horizon, last_end - OVERLAP_SECONDS)
+        levels = []
+        while now - LADDER_BASE * LADDER_FACTOR ** len(levels) > target.horizon:
+            levels.append(len(levels) + 1)
+        if last_end is None:
+            return start, levels
+        due = [k for k in levels if now - self.runs.get((target.kind, target.address, k), float("-inf"))
+               >= interval * LADDER_FACTOR ** k]
+        if not due:
+            return start, []
+        top = max(due)
+        return min(start, max(target.horizon, now - LADDER_BASE * LADDER_FACTOR ** top)), levels[:top]
+
+    def done(self, target: Target, levels: list[int], now: float) -> None:
+        for k in levels:
+            self.runs[(target.kind, target.address, k)] = now
 
 
 def _mimecast_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(epoch))
 
 
-def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float) -> list[Fetched]:
-    """List, detail and part for every new message of every mailbox; snapshot folders on
-    disk. `db` is only read. ApiError (fatal or transient) stops the pass: folders
-    already written stand, and the one being built is removed."""
+def targets(settings: Mimecast, db: sqlite_utils.Database, now: float) -> list[Target]:
+    """The configured mailboxes, and the lists of those an event with
+    expand_distribution_lists covers (C16: list mail comes from the archive too, C8a)."""
+    view = engine.directory_at(db.conn, now)
+    covered: dict[str, tuple[float, bool]] = {}  # primary -> (earliest open event start, expands lists)
+    for event in engine.open_events(db.conn):
+        for mailbox in event.mailboxes:
+            start, expands = covered.get(mailbox, (event.started_at, False))
+            covered[mailbox] = (min(start, event.started_at), expands or event.expand_lists)
+    back, lag = settings.lookback_hours * 3600, settings.lag_allowance_hours * 3600
+    found = []
+    lists: dict[str, float] = {}
+    for address in settings.mailboxes:
+        primary = view.primary(address)
+        if primary in covered:
+            start, expands = covered[primary]
+            found.append(Target(address, "mailbox", start - back))
+            if expands:
+                for group in sorted(view.groups(primary) | set(settings.groups)):
+                    lists[group] = min(lists.get(group, start - back), start - back)
+        else:
+            found.append(Target(address, "mailbox", now - lag))
+    return found + [Target(group, "group", horizon) for group, horizon in sorted(lists.items())]
+
+
+def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float, ladder: Ladder | None = None,
+          apply: Callable[[Path], None] | None = None) -> list[Fetched]:
+    """List, detail and part for every new message of every target; a snapshot folder on
+    disk per target, handed to `apply` as soon as it is written. `db` is only read. A
+    target whose calls fail records the error and the others go on; refused credentials
+    (a fatal ApiError) stop the pass. The folder being built when anything fails is removed."""
+    ladder = ladder or Ladder()
     if not settings.snapshot_folder.exists():
         files.private_dir(settings.snapshot_folder)
     for left in settings.snapshot_folder.glob(".*.part"):  # built by a pass that was killed
         shutil.rmtree(left, ignore_errors=True)
     passes = []
-    for mailbox in settings.mailboxes:
-        row = db.execute("SELECT last_end FROM mimecast_windows WHERE mailbox = ?", (mailbox,)).fetchone()
-        start = row[0] - OVERLAP_SECONDS if row else now - settings.lookback_hours * 3600
-        listed = list(api.pages("/api/archive/get-message-list", [{
-            "mailbox": mailbox, "view": "INBOX", "start": _mimecast_time(start), "end": _mimecast_time(now)}]))
-        known = _fetched(db, mailbox, [item["id"] for item in listed if isinstance(item.get("id"), str)])
-        new = [item for item in listed if isinstance(item.get("id"), str) and item["id"] not in known]
-        new = list({item["id"]: item for item in new}.values())  # an id listed on two pages counts once
-        result = Fetched(mailbox, now, [item["id"] for item in new])
-        if new:
-            result.folder = _write(api, settings, mailbox, new, start, now, result)
+    for target in targets(settings, db, now):
+        result = Fetched(target, now, [])
         passes.append(result)
+        row = db.execute("SELECT last_end FROM mimecast_windows WHERE mailbox = ?", (target.address,)).fetchone()
+        start, levels = ladder.window(target, row[0] if row else None, now, settings.interval_s,
+                                      now - settings.lookback_hours * 3600)
+        try:
+            listed = list(api.pages("/api/archive/get-message-list", [{
+                "mailbox": target.address, "view": "INBOX", "start": _mimecast_time(start),
+                "end": _mimecast_time(now)}]))
+            ids = [item["id"] for item in listed if isinstance(item.get("id"), str)]
+            known = _fetched(db, target.address, ids)
+            new = list({item["id"]: item for item in listed
+                        if isinstance(item.get("id"), str) and item["id"] not in known}.values())
+            retry = _parts_to_retry(db, target.address, now, settings.interval_s)
+            result.ids = [item["id"] for item in new]
+            if new or retry:
+                result.folder = _write(api, settings, target, new, retry, start, now, result)
+        except ApiError as exc:
+            if exc.fatal:
+                raise
+            result.error = str(exc)
+            continue
+        ladder.done(target, levels, now)
+        if result.folder is not None and apply is not None:
+            apply(result.folder)
     return passes
 
 
-def _fetched(db: sqlite_utils.Database, mailbox: str, ids: list[str]) -> set[str]:
+def _fetched(db: sqlite_utils.Database, address: str, ids: list[str]) -> set[str]:
     """Which of the listed ids were fetched before: asks about these, not every id ever seen."""
     found: set[str] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         found.update(r[0] for r in db.execute(
             f"SELECT id FROM mimecast_fetched WHERE mailbox = ? AND id IN ({', '.join('?' * len(chunk))})",
-            (mailbox, *chunk)))
+            (address, *chunk)))
     return found
 
 
-def _write(api: Api, settings: Mimecast, mailbox: str, new: list[dict], start: float, now: float,
-           result: Fetched) -> Path:
-    name = f"{mailbox}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:8]}"
+def _parts_to_retry(db: sqlite_utils.Database, address: str, now: float, interval: int) -> list[str]:
+    """Entries written without content whose backoff has run out: tried again this pass."""
+    return [r[0] for r in db.execute(
+        "SELECT id FROM mimecast_fetched WHERE mailbox = ? AND content = 0 AND attempts < ?"
+        " AND fetched_at + ? * (1 << min(attempts, 16)) <= ? ORDER BY fetched_at LIMIT ?",
+        (address, RETRY_ATTEMPTS, interval, now, RETRY_PARTS))]
+
+
+def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry: list[str], start: float,
+           now: float, result: Fetched) -> Path:
+    name = f"{target.address}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:8]}"
     final = settings.snapshot_folder / name
     building = settings.snapshot_folder / f".{name}.part"  # watchers ignore dot-names
     files.private_dir(building / "messages")
     try:
         entries = []
         for item in new:
-            detail = api.call("/api/archive/get-message-detail", [{"id": item["id"], "mailbox": mailbox}])
+            detail = api.call("/api/archive/get-message-detail", [{"id": item["id"], "mailbox": target.address}])
             details = (detail.get("data") or [{}])[0]
             entry = {key: item[key] for key in ("id", "status", "received", "from", "subject", "size",
                                                   "attachmentCount", "expired", "smash") if key in item}
             entry.update({key: details[key] for key in ("mimeMessageId", "headerDate", "headers", "to", "cc")
                           if key in details})
-            try:
-                raw = api.part(item["id"], mailbox)
-            except ApiError as exc:
-                if exc.fatal:
-                    raise
-                log.warning("%s; entry %s is written without content", exc, item["id"])
+            stored = _part(api, target, item["id"], building, result)
+            if stored is None:
                 result.without_content.append(item["id"])
             else:
-                stored = f"messages/{hashlib.sha256(item['id'].encode()).hexdigest()[:32]}.eml"
-                files.write_durable(building / stored, raw)
                 entry["content"] = stored
             entries.append(entry)
+        contents = {}
+        for mimecast_id in retry:
+            stored = _part(api, target, mimecast_id, building, result)
+            if stored is not None:
+                contents[mimecast_id] = stored
         page = {"meta": {"status": 200, "snapshot": {
-            "address": mailbox, "kind": "mailbox", "taken": normalise.iso(now),
+            "address": target.address, "kind": target.kind, "taken": normalise.iso(now),
             "start": normalise.iso(start), "end": normalise.iso(now)}}, "data": entries, "fail": []}
         files.write_durable(building / "snapshot.json", json.dumps(page, ensure_ascii=False).encode())
+        manifest = {"address": target.address, "kind": target.kind, "window_end": now,
+                    "fetched": [e["id"] for e in entries], "without_content": result.without_content,
+                    "contents": contents, "retried": retry}
+        files.write_durable(building / MANIFEST, json.dumps(manifest).encode())
         os.replace(building, final)
         files.fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)  # nothing half-written stays
         raise
-    log.info("%s: %d new message(s) -> %s", mailbox, len(new), final)
+    if new:
+        log.info("%s: %d new message(s) -> %s", target.address, len(new), final)
     return final
 
 
-def apply(db: sqlite_utils.Database, passes: list[Fetched], now: float) -> None:
-    """Apply each written snapshot (once, whoever sees it first) and remember what was
-    fetched and how far the window went, in the transaction that applies it."""
-    for result in passes:
-        prepared = engine.prepare_snapshot(db, result.folder, once=True) if result.folder is not None else None
-        with store.transaction(db.conn) as conn:
-            applied = engine.insert_snapshot(conn, prepared, now, once=True) if prepared is not None else None
-            conn.executemany("INSERT OR IGNORE INTO mimecast_fetched VALUES (?, ?, ?)",
-                             [(result.mailbox, i, now) for i in result.ids])
-            conn.execute("INSERT INTO mimecast_windows VALUES (?, ?) ON CONFLICT (mailbox) DO UPDATE"
-                         " SET last_end = excluded.last_end", (result.mailbox, result.window_end))
-        if result.folder is not None and applied is None:
-            log.info("%s was applied already (the daemon saw it first)", result.folder)
+def _part(api: Api, target: Target, mimecast_id: str, building: Path, result: Fetched) -> str | None:
+    """The raw message into the folder being built; None (and a warning) when Mimecast
+    cannot give it now (it is tried again on a later pass)."""
+    try:
+        raw = api.part(mimecast_id, target.address)
+    except ApiError as exc:
+        if exc.fatal:
+            raise
+        log.warning("%s; entry %s is written without content for now", exc, files.shown(mimecast_id))
+        return None
+    stored = f"messages/{hashlib.sha256(mimecast_id.encode()).hexdigest()[:32]}.eml"
+    files.write_durable(building / stored, raw)
+    return stored
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The poller's manifest of a snapshot folder, or None for a folder it did not write."""
+    try:
+        data = files.read_regular(folder / MANIFEST, limit=64 << 20)
+    except OSError:
+        return None
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("address"), str) else None
+
+
+def apply_folder(db: sqlite_utils.Database, folder: Path, now: float, once: bool = True) -> engine.SnapshotResult | None:
+    """Apply a folder the poller wrote (once, whoever sees it first), and record what was
+    fetched, what came without content, the content fetched again, and how far the window
+    went, in the transaction that applies it. The folder is removed once applied."""
+    folder = Path(folder).absolute()
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"{folder}: no {MANIFEST}; not a folder the Mimecast poller wrote")
+    address = manifest["address"]
+    prepared = engine.prepare_snapshot(db, folder, once=once)
+    stored = _store_contents(db, folder, manifest.get("contents") or {})
+    with store.transaction(db.conn) as conn:
+        applied = engine.insert_snapshot(conn, prepared, now, once=once) if prepared is not None else None
+        missing = set(manifest.get("without_content") or [])
+        conn.executemany("INSERT OR IGNORE INTO mimecast_fetched (mailbox, id, fetched_at, content) VALUES (?, ?, ?, ?)",
+                         [(address, i, now, int(i not in missing)) for i in manifest.get("fetched") or []])
+        conn.executemany("UPDATE mimecast_fetched SET attempts = attempts + 1, fetched_at = ? WHERE mailbox = ?"
+                         " AND id = ? AND content = 0", [(now, address, i) for i in manifest.get("retried") or []])
+        for mimecast_id, path in stored.items():
+            conn.execute("UPDATE entries SET content = ? WHERE entry_id = ? AND address = ? AND content IS NULL",
+                         (path, mimecast_id, address))
+            conn.execute("UPDATE mimecast_fetched SET content = 1 WHERE mailbox = ? AND id = ?", (address, mimecast_id))
+        conn.execute("INSERT INTO mimecast_windows VALUES (?, ?) ON CONFLICT (mailbox) DO UPDATE"
+                     " SET last_end = max(last_end, excluded.last_end)", (address, float(manifest["window_end"])))
+    shutil.rmtree(folder, ignore_errors=True)  # its content is in the store now
+    return applied
+
+
+def _store_contents(db: sqlite_utils.Database, folder: Path, contents: dict) -> dict[str, str]:
+    """Content fetched again for entries stored without it, copied into the store (N1:
+    durable before the commit that names it)."""
+    stored = {}
+    content_dir = files.private_dir(engine.store_dir(db) / "content")
+    for mimecast_id, name in contents.items():
+        try:
+            path = files.confined(folder, name, f"{MANIFEST}: contents")
+            stored[mimecast_id], _ = snapshot.store_content(str(path), content_dir)
+        except (OSError, files.OutsideError) as exc:
+            log.warning("%s: content of %s: %s", folder, files.shown(str(mimecast_id)), exc)
+    return stored
+
+
+MAX_BACKOFF = 3600  # seconds: a poller that keeps failing tries again at least hourly
+
+
+def record_health(conn, outcomes: dict[str, str | None], now: float) -> None:
+    """Each address's last success, last error and failures in a row, for `status`
+    (inside the caller's transaction)."""
+    for address, error in outcomes.items():
+        if error is None:
+            conn.execute("INSERT INTO mimecast_health (address, last_success, failures) VALUES (?, ?, 0)"
+                         " ON CONFLICT (address) DO UPDATE SET last_success = excluded.last_success, failures = 0",
+                         (address, now))
+        else:
+            conn.execute("INSERT INTO mimecast_health (address, last_error, error_at, failures) VALUES (?, ?, ?, 1)"
+                         " ON CONFLICT (address) DO UPDATE SET last_error = excluded.last_error,"
+                         " error_at = excluded.error_at, failures = mimecast_health.failures + 1",
+                         (address, error[:500], now))
+
+
+def supervise(api: Api, settings: Mimecast, db: sqlite_utils.Database, stop: threading.Event,
+              apply: Callable[[Path], None], record: Callable[[dict[str, str | None], float], None],
+              before: Callable[[float], None] | None = None, once: bool = False) -> list[Fetched]:
+    """Passes every interval_s until `stop`. Every failure of a pass (refused credentials,
+    the network, an answer the poller did not expect, a full disk) is one log line, and
+    the next pass comes after a backoff (doubling, at most an hour): the loop never ends
+    on its own. `record` gets each address's outcome; with `once`, one pass, returned."""
+    ladder, wait = Ladder(), float(settings.interval_s)
+    while not stop.is_set():
+        now = engine.wall_clock()
+        passes: list[Fetched] = []
+        try:
+            if before is not None:
+                before(now)
+            passes = fetch(api, settings, db, now, ladder, apply)
+            outcomes = {p.target.address: p.error for p in passes}
+            for result in passes:
+                if result.error:
+                    log.warning("Mimecast: %s", result.error)
+        except Exception as exc:  # one bad pass never ends the poller
+            reason = str(exc) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            outcomes = dict.fromkeys(settings.mailboxes, reason)
+            if once:
+                record(outcomes, now)
+                raise
+            log.error("Mimecast pass failed: %s", reason)
+        record(outcomes, now)
+        failed = any(outcomes.values())
+        wait = min(wait * 2, MAX_BACKOFF) if failed else float(settings.interval_s)
+        if once:
+            return passes
+        if failed:
+            log.warning("Mimecast: next pass in %d s", wait)
+        stop.wait(wait)
+    return []
 
 
 def directory(api: Api, settings: Mimecast, now: float) -> dict:
