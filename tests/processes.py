@@ -86,3 +86,16 @@ def free_port_pair() -> int:
         except OSError:
             continue
     raise RuntimeError("no free pair of ports")
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "the condition", every: float = 0.1):
+    """Until predicate() returns a true value (returned); AssertionError after `timeout`
+    seconds, for state outside a process's output (a store, a folder, a server's calls)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        threading.Event().wait(every)

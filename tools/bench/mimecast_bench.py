@@ -53,12 +53,12 @@ def main() -> None:
         settings = config_mod.load(config)
         db = store.connect(work / "store.db")
         api = api_mod.Api(settings)
+        now = time.time()
         started = time.perf_counter()
-        passes = poller.fetch(api, settings, db, 1000.0)
-        poller.apply(db, passes, 1000.0)
+        poller.fetch(api, settings, db, now, apply=lambda folder: poller.apply_folder(db, folder, now))
         seconds = time.perf_counter() - started
         first = api.requests
-        poller.apply(db, poller.fetch(api, settings, db, 1060.0), 1060.0)
+        poller.fetch(api, settings, db, now + 60, apply=lambda folder: poller.apply_folder(db, folder, now + 60))
         second = api.requests - first
         token = api._token
         with httpx.Client() as raw:
