@@ -7,8 +7,10 @@ far slower than picking the handful of fields we use, so we unfold and pick.
 from __future__ import annotations
 
 import re
+from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
+from email.parser import BytesParser
 
 WANTED = ("message-id", "date", "from", "to", "cc", "resent-message-id", "resent-date",
           "x-syncengine-delivery")
@@ -77,12 +79,29 @@ def calendar_class(ics: str) -> str:
     return _CALENDAR_CLASS.get(verb, "IPM.Note")
 
 
+MAX_MIME_PARTS = 200  # parts (and boundaries, before parsing) looked at for a calendar part
+MAX_MIME_DEPTH = 40   # nesting of multiparts: anyone can send a mail nested 1,000 deep
+
+
+class MimeTooComplex(ValueError):
+    """A MIME structure beyond the budgets above: its class is not looked for."""
+
+
 def mime_class(message: Message) -> str:
-    """Class of a MIME message without a class property: from its text/calendar body part."""
-    for part in message.walk():
-        if part.get_content_type() != "text/calendar":
+    """Class of a MIME message without a class property: from its text/calendar body part,
+    looked for in at most MAX_MIME_PARTS parts nested at most MAX_MIME_DEPTH deep
+    (MimeTooComplex beyond; the walk is not recursive)."""
+    stack, seen = [(message, 0)], 0
+    while stack:
+        part, depth = stack.pop()
+        seen += 1
+        if seen > MAX_MIME_PARTS or depth > MAX_MIME_DEPTH:
+            raise MimeTooComplex(f"more than {MAX_MIME_PARTS} MIME parts or {MAX_MIME_DEPTH} levels")
+        if part.is_multipart():
+            payload = part.get_payload()
+            stack.extend((sub, depth + 1) for sub in reversed(payload if isinstance(payload, list) else []))
             continue
-        if part.get_content_disposition() == "attachment":
+        if part.get_content_type() != "text/calendar" or part.get_content_disposition() == "attachment":
             continue
         payload = part.get_payload(decode=True) or b""
         charset = part.get_content_charset() or "utf-8"
@@ -92,3 +111,27 @@ def mime_class(message: Message) -> str:
             text = payload.decode("utf-8", errors="replace")
         return calendar_class(text)
     return "IPM.Note"
+
+
+MAX_CLASS_BYTES = 32 << 20  # a calendar invitation is kilobytes; past this the class is not looked for
+
+
+def class_of_mime(data: bytes) -> tuple[str, str | None]:
+    """The class formats.md derives from a message's text/calendar body part, and None; or
+    IPM.Note and the reason, for content that cannot be read for it (too large, nested too
+    deep, too many parts, malformed): anyone can send such a mail, and it must not cost
+    the page or the export it is in. The parse is bounded before it starts: the email
+    parser recurses per nesting level, so more boundaries than parts allowed is not parsed."""
+    lowered = data.lower()
+    if b"text/calendar" not in lowered:
+        return "IPM.Note", None
+    if len(data) > MAX_CLASS_BYTES:
+        return "IPM.Note", f"larger than {MAX_CLASS_BYTES >> 20} MB: its class is not looked for; IPM.Note"
+    if lowered.count(b"boundary") > MAX_MIME_PARTS:
+        return "IPM.Note", f"more than {MAX_MIME_PARTS} MIME parts: its class is not looked for; IPM.Note"
+    try:
+        return mime_class(BytesParser(policy=policy.compat32).parsebytes(data)), None
+    except (MimeTooComplex, RecursionError) as exc:
+        return "IPM.Note", f"MIME nested too deeply to read its class ({exc or 'recursion'}); IPM.Note"
+    except Exception as exc:  # the email package's own failure on hostile bytes
+        return "IPM.Note", f"MIME that cannot be read for its class ({type(exc).__name__}); IPM.Note"

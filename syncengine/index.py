@@ -192,9 +192,12 @@ def read_file(task: Task) -> tuple[Task, SourceResult]:
     """Parse one MSG or EML file (runs in a worker process). Whatever a file does to
     its reader, the failure is this file's alone (N3)."""
     result = SourceResult()
-    reader = msg.read if task.kind == "msg" else eml.read
     try:
-        result.records.append(reader(task.path, task.locator, task.folder, task.role))
+        if task.kind == "msg":
+            result.records.append(msg.read(task.path, task.locator, task.folder, task.role))
+        else:  # a class that cannot be read is IPM.Note and a warning: the message is still indexed
+            result.records.append(eml.read(task.path, task.locator, task.folder, task.role,
+                                           lambda why: result.errors.append(ReadError(text(task.path), why))))
     except (msg.MsgError, eml.EmlError) as exc:
         result.fatal = True
         result.errors.append(ReadError(text(task.path), str(exc)))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import BytesParser
 from pathlib import Path
 
 from . import files, formats, headers, normalise
@@ -126,11 +124,10 @@ def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: s
                     resent, content, fingerprint)
 
 
-def content_class(data: bytes | None) -> str:
-    """formats.md: without `messageClass`, the class comes from a text/calendar body part."""
-    if data is None or b"text/calendar" not in data.lower():
-        return "IPM.Note"
-    return headers.mime_class(BytesParser(policy=policy.compat32).parsebytes(data))
+def content_class(data: bytes | None) -> tuple[str, str | None]:
+    """formats.md: without `messageClass`, the class comes from a text/calendar body part;
+    (IPM.Note, why) for content that cannot be read for it (headers.class_of_mime)."""
+    return ("IPM.Note", None) if data is None else headers.class_of_mime(data)
 
 
 def store_content(source: str, content_dir: Path) -> tuple[str, bytes]:

@@ -63,7 +63,9 @@ def prepare_snapshot(db: sqlite_utils.Database, path: Path, once: bool = False) 
                 loaded.warnings.append((row.content, f"cannot read ({exc.strerror or exc}); delivered without content"))
                 row.content = None
         if row.message_class is None:
-            row.message_class = snapshot.content_class(data)
+            row.message_class, warning = snapshot.content_class(data)
+            if warning:
+                loaded.warnings.append((str(path), f"entry {files.shown(row.entry_id)}: {warning}"))
     return Prepared(Path(path), loaded)
 
 

@@ -3,6 +3,8 @@ values, http to a non-loopback host, a secret file others can read)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ class Section(msgspec.Struct, forbid_unknown_fields=True):
     interval_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
     snapshot_folder: str | None = None
     directory_file: str | None = None
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, le=1 << 32)] = 150 << 20
+    download_hosts: list[str] = []   # hosts besides the API's that pre-signed download URLs may name
 
 
 class File(msgspec.Struct):
@@ -58,6 +62,9 @@ class Mimecast:
     app_key: str | None = None
     access_key: str | None = None
     secret: bytes = b""  # read from the owner-only file; never printed or written elsewhere
+    hmac_key: bytes = b""  # API 1.0: the secret key decoded
+    max_message_bytes: int = 150 << 20
+    download_hosts: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # no secret in any log or traceback
         return f"Mimecast({self.base_url!r}, auth={self.auth!r}, mailboxes={self.mailboxes!r})"
@@ -74,7 +81,7 @@ def section(raw: dict, where: Path, defaults: dict[str, Path] | None = None) -> 
     parts = urlsplit(got.base_url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigError(f"{where}: [mimecast] base_url: expected https://HOST, got {got.base_url!r}")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not loopback(parts.hostname):
         raise ConfigError(f"{where}: [mimecast] base_url: http is refused except for loopback hosts; use https")
     needed = {"oauth2": ("client_id", "client_secret_file"),
               "hmac": ("app_id", "app_key", "access_key", "secret_key_file")}[got.auth]
@@ -88,13 +95,26 @@ def section(raw: dict, where: Path, defaults: dict[str, Path] | None = None) -> 
         groups = [normalise.mailbox(g) for g in got.groups]
     except ValueError as exc:
         raise ConfigError(f"{where}: [mimecast] mailboxes/groups: {exc}") from None
+    hmac_key = b""
+    if got.auth == "hmac":
+        try:
+            hmac_key = base64.b64decode(secret, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"{where}: [mimecast] secret_key_file: the secret key is not base64, as the "
+                              f"Mimecast console shows it ({secret_file})") from None
+    hosts = []
+    for host in got.download_hosts:
+        if not host or "/" in host or ":" in host or not host.isascii() or not host.isprintable():
+            raise ConfigError(f"{where}: [mimecast] download_hosts: {host!r} is not a host name")
+        hosts.append(host.lower())
     defaults = defaults or {}
     folder = base / got.snapshot_folder if got.snapshot_folder else defaults.get("snapshot_folder", base / "snapshots")
     directory = base / got.directory_file if got.directory_file else \
         defaults.get("directory_file", base / "directory.json")
     return Mimecast(got.base_url.rstrip("/"), got.auth, mailboxes, groups, got.lookback_hours,
                     got.lag_allowance_hours, got.page_size,
-                    got.interval_s, folder, directory, got.client_id, got.app_id, got.app_key, got.access_key, secret)
+                    got.interval_s, folder, directory, got.client_id, got.app_id, got.app_key, got.access_key, secret,
+                    hmac_key, got.max_message_bytes, tuple(hosts))
 
 
 def load(path: Path) -> Mimecast:
@@ -112,7 +132,7 @@ def load(path: Path) -> Mimecast:
     return section(raw["mimecast"], path)
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -34,9 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import sqlite_utils
 
-from .. import engine, files, normalise, snapshot, store
+from .. import engine, files, formats, normalise, snapshot, store
 from .api import Api, ApiError
 from .config import Mimecast
 
@@ -66,6 +68,7 @@ class Fetched:
     folder: Path | None = None
     without_content: list[str] = field(default_factory=list)  # ids whose part could not be fetched
     error: str | None = None   # why this address's pass failed (the others went on)
+    warnings: list[str] = field(default_factory=list)  # odd entries, normalised, dropped or without content
 
 
 class Ladder:
@@ -144,13 +147,14 @@ def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float, l
         start, levels = ladder.window(target, row[0] if row else None, now, settings.interval_s,
                                       now - settings.lookback_hours * 3600)
         try:
-            listed = list(api.pages("/api/archive/get-message-list", [{
-                "mailbox": target.address, "view": "INBOX", "start": _mimecast_time(start),
-                "end": _mimecast_time(now)}]))
-            ids = [item["id"] for item in listed if isinstance(item.get("id"), str)]
-            known = _fetched(db, target.address, ids)
-            new = list({item["id"]: item for item in listed
-                        if isinstance(item.get("id"), str) and item["id"] not in known}.values())
+            new: dict[str, dict] = {}  # page by page: only what is new is kept (a sweep lists many)
+            for page in api.pages("/api/archive/get-message-list", [{
+                    "mailbox": target.address, "view": "INBOX", "start": _mimecast_time(start),
+                    "end": _mimecast_time(now)}]):
+                listed = {item["id"]: item for item in page if _usable_id(item.get("id"))}
+                known = _fetched(db, target.address, list(listed))
+                new.update((i, item) for i, item in listed.items() if i not in known and i not in new)
+            new = list(new.values())
             retry = _parts_to_retry(db, target.address, now, settings.interval_s)
             result.ids = [item["id"] for item in new]
             if new or retry:
@@ -185,6 +189,111 @@ def _parts_to_retry(db: sqlite_utils.Database, address: str, now: float, interva
         (address, RETRY_ATTEMPTS, interval, now, RETRY_PARTS))]
 
 
+def _usable_id(value) -> bool:
+    """A Mimecast id the poller can record and ask about again."""
+    return isinstance(value, str) and 0 < len(value) <= 1024 and value.isprintable() and value == _text(value)
+
+
+def _text(value: str) -> str:
+    """Text that JSON and SQLite can hold: lone surrogates (which no UTF-8 can) replaced."""
+    return _SURROGATE.sub("\ufffd", value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_TEXT = 16_384        # characters of a subject or a header value copied into a page
+MAX_ADDRESSES = 1_000    # recipients copied per entry
+
+
+def _entry(item: dict, details: dict, now: float, warnings: list[str]) -> dict | None:
+    """The snapshot entry for one listed message, every field normalised or dropped with a
+    warning naming its id, so the page the poller writes is valid (formats.md): one odd
+    message never costs the others of its window. None when even that cannot make it one."""
+    mimecast_id = item["id"]
+    said = []
+
+    def text(name: str, value, required: bool = False) -> str | None:
+        if value is None:
+            if required:
+                said.append(f"no {name}: taken as empty")
+                return ""
+            return None
+        if not isinstance(value, str):
+            said.append(f"{name} is not text: {'taken as empty' if required else 'dropped'}")
+            return "" if required else None
+        if len(value) > MAX_TEXT:
+            said.append(f"{name} longer than {MAX_TEXT} characters: cut")
+            value = value[:MAX_TEXT]
+        cleaned = _text(value)
+        if cleaned != value:
+            said.append(f"{name} is not valid Unicode: replaced characters")
+        return cleaned
+
+    def when(name: str, value, fallback: float | None) -> str | None:
+        if value is None:
+            return None if fallback is None else normalise.iso(fallback)
+        if isinstance(value, str):
+            try:
+                formats.check_time(value, "", name)
+                return value
+            except formats.FormatError:
+                pass
+        said.append(f"{name} {files.shown(str(value), 40)} is not a time: "
+                    + ("taken as the pass's time" if fallback is not None else "dropped"))
+        return None if fallback is None else normalise.iso(fallback)
+
+    def address(name: str, value) -> dict | None:
+        if isinstance(value, dict) and isinstance(value.get("emailAddress"), str):
+            out = {"emailAddress": _text(value["emailAddress"][:1024])}
+            if isinstance(value.get("displayableName"), str):
+                out["displayableName"] = _text(value["displayableName"][:1024])
+            return out
+        if value is not None:
+            said.append(f"{name} is not an address: dropped")
+        return None
+
+    def addresses(name: str, value) -> list[dict]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            said.append(f"{name} is not a list: dropped")
+            return []
+        if len(value) > MAX_ADDRESSES:
+            said.append(f"{name} has more than {MAX_ADDRESSES} addresses: cut")
+        return [a for a in (address(name, v) for v in value[:MAX_ADDRESSES]) if a is not None]
+
+    entry: dict = {"id": mimecast_id, "received": when("received", item.get("received"), now),
+                   "from": address("from", item.get("from")) or {"emailAddress": ""},
+                   "subject": text("subject", item.get("subject"), required=True),
+                   "to": addresses("to", details.get("to")), "cc": addresses("cc", details.get("cc"))}
+    if entry["from"] == {"emailAddress": ""} and not isinstance(item.get("from"), dict):
+        said.append("no sender: taken as empty")
+    for name, value in (("mimeMessageId", text("mimeMessageId", details.get("mimeMessageId"))),
+                        ("headerDate", when("headerDate", details.get("headerDate"), None)),
+                        ("status", text("status", item.get("status"))), ("smash", text("smash", item.get("smash")))):
+        if value is not None:
+            entry[name] = value
+    if isinstance(item.get("expired"), bool):
+        entry["expired"] = item["expired"]
+    for name in ("size", "attachmentCount"):
+        value = item.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+            entry[name] = value
+    headers = details.get("headers")
+    if isinstance(headers, list):
+        entry["headers"] = [{"name": _text(h["name"][:256]),
+                             "values": [_text(v[:MAX_TEXT]) for v in h.get("values") or [] if isinstance(v, str)][:16]}
+                            for h in headers[:256] if isinstance(h, dict) and isinstance(h.get("name"), str)
+                            and isinstance(h.get("values", []), list)]
+    try:
+        msgspec.convert(entry, formats.Entry)
+    except msgspec.ValidationError as exc:  # what normalising could not mend
+        warnings.append(f"entry {files.shown(mimecast_id)}: not written ({exc})")
+        return None
+    if said:
+        warnings.append(f"entry {files.shown(mimecast_id)}: " + "; ".join(said))
+    return entry
+
+
 def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry: list[str], start: float,
            now: float, result: Fetched) -> Path:
     name = f"{target.address}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:8]}"
@@ -192,14 +301,15 @@ def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry:
     building = settings.snapshot_folder / f".{name}.part"  # watchers ignore dot-names
     files.private_dir(building / "messages")
     try:
-        entries = []
+        entries, dropped = [], []
         for item in new:
             detail = api.call("/api/archive/get-message-detail", [{"id": item["id"], "mailbox": target.address}])
-            details = (detail.get("data") or [{}])[0]
-            entry = {key: item[key] for key in ("id", "status", "received", "from", "subject", "size",
-                                                  "attachmentCount", "expired", "smash") if key in item}
-            entry.update({key: details[key] for key in ("mimeMessageId", "headerDate", "headers", "to", "cc")
-                          if key in details})
+            data = detail.get("data")
+            details = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+            entry = _entry(item, details, now, result.warnings)
+            if entry is None:
+                dropped.append(item["id"])
+                continue
             stored = _part(api, target, item["id"], building, result)
             if stored is None:
                 result.without_content.append(item["id"])
@@ -216,8 +326,8 @@ def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry:
             "start": normalise.iso(start), "end": normalise.iso(now)}}, "data": entries, "fail": []}
         files.write_durable(building / "snapshot.json", json.dumps(page, ensure_ascii=False).encode())
         manifest = {"address": target.address, "kind": target.kind, "window_end": now,
-                    "fetched": [e["id"] for e in entries], "without_content": result.without_content,
-                    "contents": contents, "retried": retry}
+                    "fetched": [e["id"] for e in entries] + dropped, "without_content": result.without_content,
+                    "contents": contents, "retried": retry, "warnings": result.warnings}
         files.write_durable(building / MANIFEST, json.dumps(manifest).encode())
         os.replace(building, final)
         files.fsync_dir(final.parent)
@@ -230,17 +340,16 @@ def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry:
 
 
 def _part(api: Api, target: Target, mimecast_id: str, building: Path, result: Fetched) -> str | None:
-    """The raw message into the folder being built; None (and a warning) when Mimecast
-    cannot give it now (it is tried again on a later pass)."""
+    """The raw message streamed into the folder being built; None (and a warning) when
+    Mimecast cannot give it now (it is tried again on a later pass)."""
+    stored = f"messages/{hashlib.sha256(mimecast_id.encode()).hexdigest()[:32]}.eml"
     try:
-        raw = api.part(mimecast_id, target.address)
+        api.part(mimecast_id, target.address, building / stored)
     except ApiError as exc:
         if exc.fatal:
             raise
-        log.warning("%s; entry %s is written without content for now", exc, files.shown(mimecast_id))
+        result.warnings.append(f"entry {files.shown(mimecast_id)}: {exc}; written without content for now")
         return None
-    stored = f"messages/{hashlib.sha256(mimecast_id.encode()).hexdigest()[:32]}.eml"
-    files.write_durable(building / stored, raw)
     return stored
 
 
@@ -267,6 +376,8 @@ def apply_folder(db: sqlite_utils.Database, folder: Path, now: float, once: bool
         raise ValueError(f"{folder}: no {MANIFEST}; not a folder the Mimecast poller wrote")
     address = manifest["address"]
     prepared = engine.prepare_snapshot(db, folder, once=once)
+    if prepared is not None:  # what the poller mended or dropped is reported with the snapshot
+        prepared.loaded.warnings += [(str(folder), str(w)[:1000]) for w in manifest.get("warnings") or []]
     stored = _store_contents(db, folder, manifest.get("contents") or {})
     with store.transaction(db.conn) as conn:
         applied = engine.insert_snapshot(conn, prepared, now, once=once) if prepared is not None else None
@@ -334,6 +445,8 @@ def supervise(api: Api, settings: Mimecast, db: sqlite_utils.Database, stop: thr
             passes = fetch(api, settings, db, now, ladder, apply)
             outcomes = {p.target.address: p.error for p in passes}
             for result in passes:
+                for warning in result.warnings:
+                    log.warning("Mimecast %s: %s", result.target.address, warning)
                 if result.error:
                     log.warning("Mimecast: %s", result.error)
         except Exception as exc:  # one bad pass never ends the poller
@@ -373,7 +486,8 @@ def directory(api: Api, settings: Mimecast, now: float) -> dict:
             log.warning("/api/directory/find-groups: no group named %s", address)
             continue
         members = []
-        for member in api.pages("/api/directory/get-group-members", [{"id": match["id"]}], key="groupMembers"):
+        for member in (m for page in api.pages("/api/directory/get-group-members", [{"id": match["id"]}],
+                                               key="groupMembers") for m in page):
             member_address = normalise.address(member.get("emailAddress"))
             if not member_address:
                 continue

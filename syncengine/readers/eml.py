@@ -1,11 +1,14 @@
 """RFC 822 `.eml` files through the standard library's `email` package.
 
-Headers only, except when the message may carry a text/calendar part: an EML has no
-class property, and formats.md derives its class from that part's METHOD.
+Headers only; the body is parsed only when the top-level Content-Type says a calendar
+part may be there (multipart, or text/calendar) and the bytes name one: an EML has no
+class property, and formats.md derives its class from that part's METHOD, within the
+budgets of headers.class_of_mime (beyond them: IPM.Note and a warning).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -21,19 +24,19 @@ class EmlError(Exception):
 _PARSER = BytesParser(policy=policy.compat32)
 
 
-def read(path: Path, locator: str, folder: str, role: str) -> Record:
+def read(path: Path, locator: str, folder: str, role: str, warn: Callable[[str], None] | None = None) -> Record:
     data = path.read_bytes()
-    return parse(data, locator, folder, role)
+    return parse(data, locator, folder, role, warn)
 
 
-def parse(data: bytes, locator: str, folder: str, role: str) -> Record:
+def parse(data: bytes, locator: str, folder: str, role: str, warn: Callable[[str], None] | None = None) -> Record:
+    """The record of one message; `warn` hears why its class could not be read (IPM.Note)."""
     if not data.strip():
         raise EmlError("empty file")
     head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
     if b":" not in head:
         raise EmlError("not an RFC 822 message (no header fields)")
-    may_be_calendar = b"text/calendar" in data.lower()
-    message = _PARSER.parsebytes(data, headersonly=not may_be_calendar)
+    message = _PARSER.parsebytes(data, headersonly=True)
     if not message.keys():
         raise EmlError("not an RFC 822 message (no header fields)")
 
@@ -41,7 +44,11 @@ def parse(data: bytes, locator: str, folder: str, role: str) -> Record:
         value = message.get(name)
         return str(value) if value is not None else None
 
-    cls = headers.mime_class(message) if may_be_calendar else "IPM.Note"
+    cls = "IPM.Note"
+    if message.get_content_maintype() == "multipart" or message.get_content_type() == "text/calendar":
+        cls, warning = headers.class_of_mime(data)
+        if warning and warn is not None:
+            warn(warning)
     delivery = get("X-Syncengine-Delivery")
     mid = normalise.message_id(get("Message-ID"))
     return Record(
