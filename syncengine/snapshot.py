@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +42,12 @@ class EntryRow:
 
 @dataclass
 class Loaded:
+    """What reading a snapshot found: pages, rejected pages, warnings, entries (counted;
+    the rows themselves go page by page to whoever consumes them)."""
     pages: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     warnings: list[tuple[str, str]] = field(default_factory=list)
-    entries: list[EntryRow] = field(default_factory=list)
+    entries: int = 0
 
 
 def page_files(path: Path) -> list[Path]:
@@ -58,9 +61,11 @@ def page_files(path: Path) -> list[Path]:
     return pages
 
 
-def load(path: Path) -> Loaded:
-    """Every page of the snapshot at `path`; rejected pages are listed with their reason."""
-    result = Loaded()
+def rows(path: Path, result: Loaded) -> Iterator[tuple[int, str, Iterator[EntryRow]]]:
+    """Each page that passes its page-level checks, one at a time (memory holds one page,
+    however many the snapshot has): its number, its file, and its entry rows, made as
+    they are consumed. An entry that is not valid raises FormatError while they are: the
+    consumer rejects that page whole. Rejected pages go into `result` as they come."""
     folder = path if path.is_dir() else path.parent
     for number, page_path in enumerate(page_files(path), start=1):
         result.pages += 1
@@ -69,20 +74,27 @@ def load(path: Path) -> Loaded:
         except files.OutsideError as exc:  # N4: a page that is a symlink out, a FIFO, ...
             result.rejected.append((str(page_path), str(exc)))
             continue
-        try:  # each page's entries carry its own address and kind (an alias stands for its primary)
-            result.entries.extend(_page(page_path, number, folder, result.warnings))
+        try:
+            page, address = _page(page_path)
         except formats.FormatError as exc:
             result.rejected.append((str(page_path), str(exc)))
-    return result
+            continue
+        # each page's entries carry its own address and kind (an alias stands for its primary)
+        yield number, str(page_path), (_entry(entry, position, number, address, page.meta.snapshot.kind, folder,
+                                              str(page_path), result.warnings)
+                                       for position, entry in enumerate(page.data))
+        del page  # before the next page is read
 
 
-def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]) -> list[EntryRow]:
+def _page(path: Path) -> tuple[formats.SnapshotPage, str]:
+    """A page decoded and its page-level checks passed, and its address."""
     where = str(path)
     try:
         data = files.read_regular(path, MAX_PAGE_BYTES)
     except OSError as exc:
         raise formats.FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
     page = formats.decode(data, formats.SnapshotPage, where)
+    del data  # the decoded page holds copies: the bytes go before any row is made
     if page.meta.status != 200:
         raise formats.FormatError(f"{where}: $.meta.status: page status {page.meta.status}, expected 200")
     if page.fail:
@@ -92,10 +104,7 @@ def _page(path: Path, number: int, folder: Path, warnings: list[tuple[str, str]]
     if not address:
         raise formats.FormatError(f"{where}: $.meta.snapshot.address: not an address: "
                                   f"{files.shown(page.meta.snapshot.address)}")
-    rows = []
-    for position, entry in enumerate(page.data):
-        rows.append(_entry(entry, position, number, address, page.meta.snapshot.kind, folder, where, warnings))
-    return rows
+    return page, address
 
 
 def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: str, folder: Path,

@@ -28,9 +28,14 @@ class SnapshotResult:
 
 @dataclass
 class Prepared:
-    """A snapshot read and its content stored (durably), ready to be inserted."""
+    """A snapshot read, its content stored (durably) and its rows staged in the TEMP table
+    `staged_entries` of the connection that read it, ready to be inserted by it."""
     path: Path
     loaded: snapshot.Loaded
+
+
+_STAGED = ("page, position, entry_id, address, kind, message_id, header_ts, received_ts, sender, recipients,"
+           " subject, subject_norm, status, expired, message_class, resent_key, content, fingerprint")
 
 
 def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, once: bool = False) -> SnapshotResult | None:
@@ -46,49 +51,70 @@ def add_snapshot(db: sqlite_utils.Database, path: Path, now: float, once: bool =
 
 
 def prepare_snapshot(db: sqlite_utils.Database, path: Path, once: bool = False) -> Prepared | None:
-    """The file work of add_snapshot, outside any transaction: pages read and checked,
-    content copied into the store and synced (N1) before the commit that names it."""
+    """The file work of add_snapshot, outside any transaction on the store: pages read and
+    checked one at a time, content copied into the store and synced (N1) before the
+    commit that names it, rows staged in a TEMP table (which takes no lock on the store).
+    Memory holds one page, however many the snapshot has."""
     if once:
         path = Path(path).absolute()
         if db.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
             return None
-    loaded = snapshot.load(path)
+    loaded = snapshot.Loaded()
     content_dir = files.private_dir(store_dir(db) / "content")
-    for row in loaded.entries:
-        data = None
-        if row.content:
+    conn = db.conn
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS staged_entries ({_STAGED})")
+    conn.execute("BEGIN")  # TEMP tables only: the store stays free for other writers
+    try:
+        conn.execute("DELETE FROM staged_entries")
+        for number, where, entries in snapshot.rows(Path(path), loaded):
             try:
-                row.content, data = snapshot.store_content(row.content, content_dir)
-            except OSError as exc:  # vanished or swapped since it was checked
-                loaded.warnings.append((row.content, f"cannot read ({exc.strerror or exc}); delivered without content"))
-                row.content = None
-        if row.message_class is None:
-            row.message_class, warning = snapshot.content_class(data)
-            if warning:
-                loaded.warnings.append((str(path), f"entry {files.shown(row.entry_id)}: {warning}"))
+                staged = conn.executemany(f"INSERT INTO staged_entries VALUES ({', '.join('?' * 18)})",
+                                          (_stored(row, content_dir, path, loaded) for row in entries))
+                loaded.entries += staged.rowcount
+            except formats.FormatError as exc:  # an invalid entry: the page is rejected whole
+                conn.execute("DELETE FROM staged_entries WHERE page = ?", (number,))
+                loaded.rejected.append((where, str(exc)))
+            del entries  # before the next page is read
+    finally:
+        conn.execute("COMMIT")
     return Prepared(Path(path), loaded)
+
+
+def _stored(row: snapshot.EntryRow, content_dir: Path, path: Path, loaded: snapshot.Loaded) -> tuple:
+    """One entry's row, its content copied into the store and its class derived."""
+    data = None
+    if row.content:
+        try:
+            row.content, data = snapshot.store_content(row.content, content_dir)
+        except OSError as exc:  # vanished or swapped since it was checked
+            loaded.warnings.append((row.content, f"cannot read ({exc.strerror or exc}); delivered without content"))
+            row.content = None
+    if row.message_class is None:
+        row.message_class, warning = snapshot.content_class(data)
+        if warning:
+            loaded.warnings.append((str(path), f"entry {files.shown(row.entry_id)}: {warning}"))
+    return (row.page, row.position, row.entry_id, row.address, row.kind, row.message_id, row.header_ts,
+            row.received_ts, row.sender, row.recipients, row.subject, row.subject_norm, row.status, int(row.expired),
+            row.message_class, row.resent_key, row.content, row.fingerprint)
 
 
 def insert_snapshot(conn: sqlite3.Connection, prepared: Prepared, now: float,
                     once: bool = False) -> SnapshotResult | None:
-    """The rows of a prepared snapshot, inside the caller's transaction."""
+    """The staged rows of a prepared snapshot, inside the caller's transaction (on the
+    connection that prepared it)."""
     path, loaded = prepared.path, prepared.loaded
     if once and conn.execute("SELECT 1 FROM snapshots WHERE path = ?", (str(path),)).fetchone():
         return None  # another process applied it while this one read it
     cursor = conn.execute("INSERT INTO snapshots (path, visible_at, pages, rejected_pages, entries)"
                           " VALUES (?, ?, ?, ?, ?)",
-                          (str(path), now, loaded.pages, len(loaded.rejected), len(loaded.entries)))
+                          (str(path), now, loaded.pages, len(loaded.rejected), loaded.entries))
     snapshot_id = cursor.lastrowid
     conn.executemany("INSERT INTO snapshot_errors VALUES (?, ?, ?)",
                      [(snapshot_id, file, reason) for file, reason in loaded.rejected + loaded.warnings])
-    conn.executemany(
-        "INSERT INTO entries (snapshot_id, page, position, entry_id, address, kind, visible_at, message_id,"
-        " header_ts, received_ts, sender, recipients, subject, subject_norm, status, expired, message_class,"
-        " resent_key, content, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(snapshot_id, r.page, r.position, r.entry_id, r.address, r.kind, now, r.message_id, r.header_ts,
-          r.received_ts, r.sender, r.recipients, r.subject, r.subject_norm, r.status, int(r.expired),
-          r.message_class, r.resent_key, r.content, r.fingerprint) for r in loaded.entries])
-    return SnapshotResult(str(path), loaded.pages, len(loaded.entries), loaded.rejected, loaded.warnings)
+    conn.execute(f"INSERT INTO entries (snapshot_id, visible_at, {_STAGED}) SELECT ?, ?, {_STAGED}"
+                 f" FROM staged_entries ORDER BY rowid", (snapshot_id, now))
+    conn.execute("DELETE FROM staged_entries")
+    return SnapshotResult(str(path), loaded.pages, loaded.entries, loaded.rejected, loaded.warnings)
 
 
 @dataclass
