@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from . import engine, formats, normalise, replay as replaying, store
+from . import engine, formats, logs, normalise, replay as replaying, store
 from . import index as indexing
+from .files import printable
 
 EXIT_OK = 0
 EXIT_STORE = 1
@@ -238,12 +240,6 @@ class _Progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
-
-
-def printable(text: str) -> str:
-    """Text from mail made safe for a terminal or a log line: control characters (and
-    the escapes they start) are shown escaped, never sent raw."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _now() -> float:
@@ -649,10 +645,16 @@ def daemon(config: Path, log_format: str, verbose: bool) -> None:
     import signal
 
     from .daemon import run as run_mod
-    from .daemon.logs import configure
+
+    from .daemon import config as config_mod
 
     settings = _load_config(config)
-    configure(log_format, verbose)
+    try:
+        config_mod.check_trust(settings)
+    except config_mod.ConfigError as exc:
+        _fail(str(exc), 2)
+    logs.configure(log_format)
+    logging.getLogger("syncengine.notify").setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         running = run_mod.Daemon(settings)
     except (run_mod.DaemonError, store.StoreError) as exc:
@@ -708,14 +710,13 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
       3  some messages came without content (they are fetched again on later passes),
          or some addresses failed; the rest was applied
     """
-    import logging
     import signal
     import threading
 
     from . import locks
     from .mimecast import poller
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logs.configure(level=logging.INFO, stamped=False)
     settings, api = _mimecast(config)
     database = open_store(db)
     try:
@@ -798,13 +799,12 @@ def serve(db: Path, endpoint: str | None, keys: Path | None, verbose: bool) -> N
       syncengine serve --db alice.db
       syncengine serve --db alice.db --endpoint tcp://0.0.0.0:5560 --keys keys/
     """
-    import logging
     import signal
 
     from . import endpoints as endpoints_mod
     from . import notify
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logs.configure(level=logging.INFO if verbose else logging.WARNING, stamped=False)
     try:
         server = notify.Server(db, endpoint, notify.Curve(keys) if keys else None)
     except (notify.ServeError, endpoints_mod.EndpointError, store.StoreError) as exc:
@@ -838,12 +838,11 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
     A reference client: it never misses a delta (gaps and a silent engine make it
     catch up again) and never prints one twice.
     """
-    import logging
 
     from . import client as client_mod
     from . import endpoints as endpoints_mod
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logs.configure(level=logging.INFO if verbose else logging.WARNING, stamped=False)
 
     try:
         where = endpoints_mod.for_store(db, endpoint)
@@ -919,16 +918,15 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
       syncengine apply --mailbox alice@acme.example --mailbox-dir ~/Maildir --layout maildir \\
           --db alice.db --smtp smtp.acme.example:587 --starttls --smtp-user alice --smtp-password-file ~/.smtp
     """
-    import logging
     import signal
     import threading
 
     from . import client as client_mod
     from . import endpoints as endpoints_mod
     from .apply import client as apply_mod
-    from .apply.mailbox import Layout, Smtp
+    from .apply.mailbox import ApplyError, Layout, Smtp
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    logs.configure(level=logging.INFO if verbose else logging.WARNING, stamped=False)
     try:
         mailbox = normalise.mailbox(mailbox)
     except ValueError as exc:
@@ -961,8 +959,12 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
                       f"--smtp-password-file: {exc}", 2)
         relay = Smtp(host, int(port), "ssl" if use_ssl else "starttls" if starttls else "none", smtp_user, password)
     listener = client_mod.Client(where, f"{mailbox}/apply", [mailbox], curve=curve)
-    applier = apply_mod.Applier(Layout(mailbox_dir, layout == "maildir"), relay,
-                                lambda d: listener.fetch_content(d["mailbox"], d["mailbox_seq"]))
+    try:
+        applier = apply_mod.Applier(Layout(mailbox_dir, layout == "maildir"), relay,
+                                    lambda d: listener.fetch_content(d["mailbox"], d["mailbox_seq"]))
+    except ApplyError as exc:
+        listener.close()
+        _fail(str(exc), EXIT_STORE)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: the report, then exit
     try:

@@ -169,6 +169,25 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
         os.close(handle)
 
 
+def untrusted(path: Path) -> str | None:
+    """Why a folder or file that feeds the engine (a drop folder, a directory file) cannot
+    be trusted, or None: anyone else who can write there could forge mail (N4). A path
+    that does not exist yet is not refused (the engine makes it, owner-only)."""
+    if not hasattr(os, "getuid"):
+        return None  # Windows: the profile folder's ACLs do this
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror or exc})"
+    if info.st_uid != os.getuid():
+        return f"owned by another user (uid {info.st_uid})"
+    if info.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(info.st_mode):o}); chmod go-w it"
+    return None
+
+
 def read_secret(path: Path) -> bytes:
     """A secret (a password, an API key) from a regular file only its owner can read,
     stripped; OSError saying why not. The reason never quotes what the file holds."""
@@ -178,6 +197,14 @@ def read_secret(path: Path) -> bytes:
     if info.st_mode & 0o077:
         raise PermissionError(f"{path} can be read by others (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it")
     return read_regular(path).strip()
+
+
+def printable(text: str) -> str:
+    """Text from mail or a peer made safe for a terminal or a log line: control
+    characters (and the escapes they start) are shown escaped, never sent raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def shown(text: str, limit: int = 120) -> str:

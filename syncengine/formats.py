@@ -190,6 +190,8 @@ def decode(data: bytes, kind: type, where: str):
         raise FormatError(f"{where}: {_path_first(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise FormatError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:  # anywhere, unknown fields included
+        raise FormatError(f"{where}: JSON nested too deeply to read") from None
 
 
 def _path_first(message: str) -> str:

@@ -97,6 +97,8 @@ def parse(body: bytes) -> Request:
         raise RequestError(_clean(str(exc))) from None
     except msgspec.DecodeError:
         raise RequestError("not a JSON object with a known op") from None
+    except RecursionError:
+        raise RequestError("nested too deeply") from None
     try:
         if isinstance(request, (Hello, StartEvent)):
             request.mailboxes = list(dict.fromkeys(normalise.mailbox(m) for m in request.mailboxes))

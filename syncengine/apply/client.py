@@ -47,14 +47,20 @@ class Report:
 class Journal:
     def __init__(self, root: Path):
         files.private_dir(root)
-        self.conn = sqlite3.connect(root / JOURNAL, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")  # an applied delta stays applied after a power loss
-        self.conn.execute("CREATE TABLE IF NOT EXISTS applied (mailbox TEXT, mailbox_seq INTEGER, action TEXT,"
-                          " outcome TEXT, PRIMARY KEY (mailbox, mailbox_seq)) WITHOUT ROWID")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS sending (mailbox TEXT, mailbox_seq INTEGER,"
-                          " PRIMARY KEY (mailbox, mailbox_seq)) WITHOUT ROWID")
-        os.chmod(root / JOURNAL, 0o600)
+        path = root / JOURNAL
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")  # an applied delta stays applied after a power loss
+            self.conn.execute("CREATE TABLE IF NOT EXISTS applied (mailbox TEXT, mailbox_seq INTEGER, action TEXT,"
+                              " outcome TEXT, PRIMARY KEY (mailbox, mailbox_seq)) WITHOUT ROWID")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS sending (mailbox TEXT, mailbox_seq INTEGER,"
+                              " PRIMARY KEY (mailbox, mailbox_seq)) WITHOUT ROWID")
+        except sqlite3.DatabaseError as exc:
+            raise ApplyError(f"{path}: not a usable apply journal ({exc}). It records what was applied and "
+                             "sent: moved away, every delta since the last acknowledgement is applied again "
+                             "(deliveries are not written twice; sends in it would go out again)") from None
+        os.chmod(path, 0o600)
 
     def done(self, mailbox: str, seq: int) -> bool:
         return self.conn.execute("SELECT 1 FROM applied WHERE mailbox = ? AND mailbox_seq = ?",

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .. import formats, normalise
+from .. import files, formats, normalise
 
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=86_400)]
 
@@ -73,6 +73,16 @@ class Settings:
         return formats.Settings(self.poll_interval, self.post_event_window, self.calendar_items)
 
 
+def check_trust(settings: Settings) -> None:
+    """The drop folder and the directory file take input as if from Mimecast: refused
+    when another user owns them or group or others can write them (N4)."""
+    for key, where in (("snapshot_folder", settings.snapshot_folder), ("directory_file", settings.directory_file)):
+        reason = files.untrusted(where)
+        if reason:
+            raise ConfigError(f"{settings.file}: $.{key}: {where} is {reason}; anyone who can write there could "
+                              "forge mail")
+
+
 def load(path: Path) -> Settings:
     path = Path(path)
     try:
@@ -85,6 +95,8 @@ def load(path: Path) -> Settings:
         raise ConfigError(f"{path}: {formats._path_first(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config: nested too deeply to read") from None
     base = path.absolute().parent
 
     def place(value: str) -> Path:
@@ -112,10 +124,28 @@ def load(path: Path) -> Settings:
         mailboxes[address] = [place(e) for e in box.exports]
     if not mailboxes:
         raise ConfigError(f"{path}: no [[mailbox]]: name at least one mailbox and its exports")
-    for number, event in enumerate(config.event):
-        for key in ("start", "end"):
-            if getattr(event, key) is not None:
-                formats.check_time(getattr(event, key), str(path), f"$.event[{number}].{key}")
+    names = set()
+    for number, event in enumerate(config.event):  # all checked now, not when each comes due
+        where = f"{path}: $.event[{number}]"
+        if not event.name or not event.name.strip() or len(event.name) > 200 or not event.name.isprintable():
+            raise ConfigError(f"{where}.name: not an event name: {event.name[:60]!r} (1 to 200 printable characters)")
+        if event.name in names:
+            raise ConfigError(f"{where}.name: {event.name!r} is scheduled twice")
+        names.add(event.name)
+        if not event.mailboxes:
+            raise ConfigError(f"{where}.mailboxes: an event needs at least one mailbox")
+        for k, mailbox in enumerate(event.mailboxes):
+            try:
+                normalise.mailbox(mailbox)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.mailboxes[{k}]: {exc}") from None
+        try:
+            times = [formats.check_time(getattr(event, key), str(path), f"$.event[{number}].{key}")
+                     for key in ("start", "end")]
+        except formats.FormatError as exc:
+            raise ConfigError(str(exc)) from None
+        if times[1] is not None and times[1] <= times[0]:
+            raise ConfigError(f"{where}.end: {event.end} is not after its start {event.start}")
     endpoint = None if config.notify.endpoint == "ipc" else config.notify.endpoint
     keys = place(config.notify.keys) if config.notify.keys else None
     if endpoint and endpoint.startswith("tcp://") and keys is None:

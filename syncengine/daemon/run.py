@@ -27,7 +27,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .. import coverage, engine, formats, index, locks, normalise, notify, protocol, store
+from .. import coverage, engine, files, formats, index, locks, normalise, notify, protocol, store
 from ..store import transaction
 from . import config as config_mod
 from .config import Settings
@@ -310,7 +310,12 @@ class Daemon:
             if path == self.settings.directory_file:
                 self.writes.put(self._directory)
             if folder in path.parents:  # the drop-folder entry this change belongs to
-                drops.add(folder / path.relative_to(folder).parts[0])
+                entry = folder / path.relative_to(folder).parts[0]
+                drops.add(entry)
+                if entry in self._applied and path.parent == entry and path.name.startswith("snapshot") \
+                        and path.suffix == ".json" and path.exists():
+                    log.warning("%s appeared in snapshot folder %s after it was applied: it is not applied; "
+                                "drop a new folder instead", path, entry)
         pending = self.changes.pending()
         for path in sorted(drops):
             self._drop(path, pending)
@@ -371,11 +376,17 @@ class Daemon:
 
     def _drop(self, path: Path, pending: list[str]) -> None:
         """A snapshot folder or .json file dropped here is applied once. Dot-names are
-        ignored: a writer builds under one and renames into place."""
+        ignored: a writer builds under one and renames into place. One that is not the
+        user's own, or that others can write to, is not applied (N4: it could be forged)."""
         if path.name.startswith(".") or path in self._applied or not (path.is_dir() or path.suffix == ".json"):
             return
         if str(path) in pending or any(path in Path(p).parents for p in pending):
             return  # still changing: the scheduler comes back when it is quiet
+        reason = files.untrusted(path)
+        if reason:
+            self._applied.add(path)  # said once, not at every rescan
+            log.error("%s is %s; not applied (it could be forged)", path, reason)
+            return
         self.writes.put(lambda: self._snapshot(path))
 
     # --- write tasks (the writer thread) ---------------------------------------------------------
@@ -443,6 +454,10 @@ class Daemon:
         path = self.settings.directory_file
         if not path.exists():
             return  # no directory sync yet: not an error
+        reason = files.untrusted(path)
+        if reason:  # checked at start too; this is a file swapped since
+            log.error("%s is %s; not applied (it could be forged)", path, reason)
+            return
         try:
             if engine.add_directory_if_new(self.db, path, engine.wall_clock()):
                 log.info("applied directory sync %s", path)

@@ -127,6 +127,8 @@ def load(path: Path) -> Mimecast:
         raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config: nested too deeply to read") from None
     if not isinstance(raw.get("mimecast"), dict):
         raise ConfigError(f"{path}: no [mimecast] table")
     return section(raw["mimecast"], path)
