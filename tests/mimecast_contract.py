@@ -61,6 +61,12 @@ class Contract:
     gate: threading.Event | None = None                      # when set up, parts wait for it
     now: float | None = None      # the archive's clock for `listed_at` (None: everything is listed)
     listings: list = field(default_factory=list)             # (start, end) of every list request
+    # hostile modes (issue 19): a buggy or hostile endpoint, per path
+    mutate: dict = field(default_factory=dict)     # path -> f(payload) -> payload, before it is sent
+    trickle: dict = field(default_factory=dict)    # path -> seconds between the answer's bytes
+    loop_pages: bool = False                       # the list answers "next" with the same token forever
+    token_value: str | None = None                 # the access token handed out (default token-N)
+    download_url: object = None                    # f(message, host) -> the pre-signed url to answer
 
     def fault(self, path: str):
         with self.lock:
@@ -80,9 +86,22 @@ def serve(contract: Contract) -> tuple[ThreadingHTTPServer, str]:
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            delay = contract.trickle.get(self.path.split("?")[0])
+            try:
+                if delay is None:
+                    self.wfile.write(body)
+                    return
+                for byte in body:  # a byte at a time, within any per-read timeout
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(delay)
+            except OSError:
+                self.close_connection = True  # the client gave up: that is the point
 
-        def _json(self, payload: dict, status: int = 200, headers=None) -> None:
+        def _json(self, payload, status: int = 200, headers=None) -> None:
+            mutate = contract.mutate.get(self.path)
+            if mutate is not None:
+                payload = mutate(payload)
             self._send(status, json.dumps(payload).encode(), headers=headers)
 
         def _envelope(self, data: list, next_token: str | None = None, fail=()) -> None:
@@ -94,7 +113,8 @@ def serve(contract: Contract) -> tuple[ThreadingHTTPServer, str]:
         def do_GET(self) -> None:
             contract.calls[self.path.split("?")[0]] += 1
             if self.path.startswith("/download/"):
-                found = [m for m in contract.messages if m.id == self.path[len("/download/"):]]
+                wanted = self.path.split("?")[0][len("/download/"):]  # a pre-signed url's query is its signature
+                found = [m for m in contract.messages if m.id == wanted]
                 return self._send(200, found[0].raw, "message/rfc822") if found else self._send(404, b"")
             self._send(404, b"")
 
@@ -107,7 +127,7 @@ def serve(contract: Contract) -> tuple[ThreadingHTTPServer, str]:
                 if form.get("client_id") != [CLIENT_ID] or form.get("client_secret") != [CLIENT_SECRET] \
                         or form.get("grant_type") != ["client_credentials"]:
                     return self._json({"error": "invalid_client"}, 401)
-                token = f"token-{len(contract.tokens)}"
+                token = contract.token_value or f"token-{len(contract.tokens)}"
                 contract.tokens.add(token)
                 return self._json({"access_token": token, "token_type": "Bearer",
                                    "expires_in": contract.token_lifetime})
@@ -141,9 +161,12 @@ def serve(contract: Contract) -> tuple[ThreadingHTTPServer, str]:
                 mine = sorted((m for m in list(contract.messages) if m.mailbox == data["mailbox"]
                                and window[0] <= _epoch(m.received) <= window[1] and m.listed_at <= listed),
                               key=lambda m: (m.received, m.id))
-                start, size = int(pagination.get("pageToken") or 0), int(pagination.get("pageSize") or 25)
+                size = int(pagination.get("pageSize") or 25)
+                start = 0 if contract.loop_pages else int(pagination.get("pageToken") or 0)
                 page = mine[start:start + size]
                 nxt = str(start + size) if start + size < len(mine) else None
+                if contract.loop_pages:
+                    page, nxt = mine[:size], "same-token"
                 return self._envelope([{"id": m.id, "status": "ARCHIVED", "received": m.received,
                                         "from": {"emailAddress": m.sender, "displayableName": "Bob"},
                                         "subject": m.subject, "size": len(m.raw), "attachmentCount": 0}
@@ -165,6 +188,8 @@ def serve(contract: Contract) -> tuple[ThreadingHTTPServer, str]:
                         or "mailbox" not in data:
                     return self._envelope([], fail=[{"errors": [{"code": "err_part", "message": "no part",
                                                                  "retryable": False}]}])
+                if contract.download_url is not None:
+                    return self._envelope([{"url": contract.download_url(found[0], self.headers["Host"])}])
                 if contract.presigned:
                     host = self.headers["Host"]
                     return self._envelope([{"url": f"http://{host}/download/{found[0].id}"}])

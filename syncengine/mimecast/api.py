@@ -41,8 +41,7 @@ RATE_LIMIT_WAITS = 5     # 429s honoured (waiting X-RateLimit-Reset) before givi
 RATE_LIMIT_MAX = 60.0    # seconds: the longest wait a 429 can ask for
 BACKOFF = 0.5            # seconds, doubled each retry
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-REQUEST_SECONDS = 120.0  # an API call's whole deadline, however slowly the peer answers
-DOWNLOAD_SECONDS = 900.0 # a raw message's (up to max_message_bytes)
+DOWNLOAD_FACTOR = 8      # a raw message's deadline, in request deadlines (150 MB at 1.3 MB/s)
 MAX_ANSWER_BYTES = 64 << 20  # an API answer (a list page of 500 entries is well under 1 MB)
 MAX_PAGES = 2000         # a listing's pages (a million ids at 500 a page)
 MAX_TOKEN = 8192         # characters of an access token
@@ -133,11 +132,13 @@ class Api:
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, method: str, url: str, seconds: float = REQUEST_SECONDS, limit: int = MAX_ANSWER_BYTES,
+    def _send(self, method: str, url: str, download: bool = False, limit: int = MAX_ANSWER_BYTES,
               into: Path | None = None, **kwargs) -> tuple[httpx.Response, bytes]:
-        """One request under an overall deadline; its answer read up to `limit` bytes (or,
-        with `into`, streamed to that file, which appears only when whole)."""
+        """One request under an overall deadline (request_deadline_s; a raw message's is
+        longer); its answer read up to `limit` bytes (or, with `into`, streamed to that
+        file, which appears only when whole)."""
         self.requests += 1
+        seconds = self.settings.request_deadline_s * (DOWNLOAD_FACTOR if download else 1)
         self._deadline.at = time.monotonic() + seconds
         try:
             with self.http.stream(method, url, **kwargs) as response:
@@ -282,7 +283,7 @@ class Api:
         limit = self.settings.max_message_bytes
         for attempt in range(RETRIES + 1):
             try:
-                response, answer = self._send("POST", self.settings.base_url + path, DOWNLOAD_SECONDS, limit,
+                response, answer = self._send("POST", self.settings.base_url + path, True, limit,
                                               json=body, headers=self._headers(path))
             except files.TooLarge as exc:
                 raise ApiError(path, f"the message is too large to fetch ({exc}; max_message_bytes)") from None
@@ -311,7 +312,7 @@ class Api:
         if refusal:
             raise ApiError(path, f"download refused: {refusal}")
         try:
-            response, _ = self._send("GET", url, DOWNLOAD_SECONDS, limit, into=target)
+            response, _ = self._send("GET", url, True, limit, into=target)
         except files.TooLarge as exc:
             raise ApiError(path, f"download: too large ({exc}; max_message_bytes)") from None
         except httpx.TransportError as exc:
@@ -326,17 +327,20 @@ class Api:
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
-            parts.port  # a port that is not a number raises here
+            parts.port  # noqa: B018 (a port that is not a number raises here)
         except ValueError:
             return "not a URL"
         if parts.scheme not in ("https", "http") or not host:
             return "not an http(s) URL"
         if parts.scheme == "http" and not loopback(host):
             return f"plain http to {host}"
-        allowed = {(urlsplit(self.settings.base_url).hostname or "").lower(), *self.settings.download_hosts}
-        if host not in allowed:
-            return f"{host} is not the API's host nor in download_hosts"
-        return None
+        api = urlsplit(self.settings.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if (host, port) == ((api.hostname or "").lower(), api.port or (443 if api.scheme == "https" else 80)):
+            return None
+        if host in self.settings.download_hosts and parts.scheme == "https" and port == 443:
+            return None
+        return f"{host}:{port} is not the API's own address nor an https download_hosts entry"
 
 
 def _envelope(path: str, answer: bytes) -> dict:

@@ -39,6 +39,7 @@ class Section(msgspec.Struct, forbid_unknown_fields=True):
     directory_file: str | None = None
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, le=1 << 32)] = 150 << 20
     download_hosts: list[str] = []   # hosts besides the API's that pre-signed download URLs may name
+    request_deadline_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 120  # a whole API call, however slow
 
 
 class File(msgspec.Struct):
@@ -65,6 +66,7 @@ class Mimecast:
     hmac_key: bytes = b""  # API 1.0: the secret key decoded
     max_message_bytes: int = 150 << 20
     download_hosts: tuple[str, ...] = ()
+    request_deadline_s: int = 120
 
     def __repr__(self) -> str:  # no secret in any log or traceback
         return f"Mimecast({self.base_url!r}, auth={self.auth!r}, mailboxes={self.mailboxes!r})"
@@ -114,7 +116,7 @@ def section(raw: dict, where: Path, defaults: dict[str, Path] | None = None) -> 
     return Mimecast(got.base_url.rstrip("/"), got.auth, mailboxes, groups, got.lookback_hours,
                     got.lag_allowance_hours, got.page_size,
                     got.interval_s, folder, directory, got.client_id, got.app_id, got.app_key, got.access_key, secret,
-                    hmac_key, got.max_message_bytes, tuple(hosts))
+                    hmac_key, got.max_message_bytes, tuple(hosts), got.request_deadline_s)
 
 
 def load(path: Path) -> Mimecast:

@@ -148,23 +148,29 @@ def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float, l
                                       now - settings.lookback_hours * 3600)
         try:
             new: dict[str, dict] = {}  # page by page: only what is new is kept (a sweep lists many)
-            for page in api.pages("/api/archive/get-message-list", [{
-                    "mailbox": target.address, "view": "INBOX", "start": _mimecast_time(start),
-                    "end": _mimecast_time(now)}]):
-                listed = {item["id"]: item for item in page if _usable_id(item.get("id"))}
-                known = _fetched(db, target.address, list(listed))
-                new.update((i, item) for i, item in listed.items() if i not in known and i not in new)
-            new = list(new.values())
+            try:
+                for page in api.pages("/api/archive/get-message-list", [{
+                        "mailbox": target.address, "view": "INBOX", "start": _mimecast_time(start),
+                        "end": _mimecast_time(now)}]):
+                    listed = {item["id"]: item for item in page if _usable_id(item.get("id"))}
+                    known = _fetched(db, target.address, list(listed))
+                    new.update((i, item) for i, item in listed.items() if i not in known and i not in new)
+            except ApiError as exc:
+                if exc.fatal or exc.transient or not new:
+                    raise
+                result.error = str(exc)  # a listing cut short (a looping token): what it gave is written
             retry = _parts_to_retry(db, target.address, now, settings.interval_s)
-            result.ids = [item["id"] for item in new]
+            result.ids = list(new)
             if new or retry:
-                result.folder = _write(api, settings, target, new, retry, start, now, result)
+                result.folder = _write(api, settings, target, list(new.values()), retry, start,
+                                       now if result.error is None else None, result)
         except ApiError as exc:
             if exc.fatal:
                 raise
             result.error = str(exc)
             continue
-        ladder.done(target, levels, now)
+        if result.error is None:
+            ladder.done(target, levels, now)
         if result.folder is not None and apply is not None:
             apply(result.folder)
     return passes
@@ -295,7 +301,10 @@ def _entry(item: dict, details: dict, now: float, warnings: list[str]) -> dict |
 
 
 def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry: list[str], start: float,
-           now: float, result: Fetched) -> Path:
+           window_end: float | None, result: Fetched) -> Path:
+    """The snapshot folder for `new` (and parts fetched again for `retry`). `window_end`
+    is how far the listing went; None when it was cut short (the window stays)."""
+    now = result.window_end
     name = f"{target.address}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:8]}"
     final = settings.snapshot_folder / name
     building = settings.snapshot_folder / f".{name}.part"  # watchers ignore dot-names
@@ -303,7 +312,14 @@ def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry:
     try:
         entries, dropped = [], []
         for item in new:
-            detail = api.call("/api/archive/get-message-detail", [{"id": item["id"], "mailbox": target.address}])
+            try:
+                detail = api.call("/api/archive/get-message-detail", [{"id": item["id"], "mailbox": target.address}])
+            except ApiError as exc:  # this message's problem: it is listed, and tried, again later
+                if exc.fatal or exc.transient:
+                    raise
+                result.warnings.append(f"entry {files.shown(item['id'])}: {exc}; not written this pass")
+                result.ids.remove(item["id"])
+                continue
             data = detail.get("data")
             details = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
             entry = _entry(item, details, now, result.warnings)
@@ -325,7 +341,7 @@ def _write(api: Api, settings: Mimecast, target: Target, new: list[dict], retry:
             "address": target.address, "kind": target.kind, "taken": normalise.iso(now),
             "start": normalise.iso(start), "end": normalise.iso(now)}}, "data": entries, "fail": []}
         files.write_durable(building / "snapshot.json", json.dumps(page, ensure_ascii=False).encode())
-        manifest = {"address": target.address, "kind": target.kind, "window_end": now,
+        manifest = {"address": target.address, "kind": target.kind, "window_end": window_end,
                     "fetched": [e["id"] for e in entries] + dropped, "without_content": result.without_content,
                     "contents": contents, "retried": retry, "warnings": result.warnings}
         files.write_durable(building / MANIFEST, json.dumps(manifest).encode())
@@ -390,8 +406,9 @@ def apply_folder(db: sqlite_utils.Database, folder: Path, now: float, once: bool
             conn.execute("UPDATE entries SET content = ? WHERE entry_id = ? AND address = ? AND content IS NULL",
                          (path, mimecast_id, address))
             conn.execute("UPDATE mimecast_fetched SET content = 1 WHERE mailbox = ? AND id = ?", (address, mimecast_id))
-        conn.execute("INSERT INTO mimecast_windows VALUES (?, ?) ON CONFLICT (mailbox) DO UPDATE"
-                     " SET last_end = max(last_end, excluded.last_end)", (address, float(manifest["window_end"])))
+        if isinstance(manifest.get("window_end"), (int, float)):  # None: the listing was cut short
+            conn.execute("INSERT INTO mimecast_windows VALUES (?, ?) ON CONFLICT (mailbox) DO UPDATE"
+                         " SET last_end = max(last_end, excluded.last_end)", (address, float(manifest["window_end"])))
     shutil.rmtree(folder, ignore_errors=True)  # its content is in the store now
     return applied
 
