@@ -500,3 +500,110 @@ def test_n3_a_fifo_in_place_of_the_directory_file_is_refused_not_waited_on(tmp_p
     os.mkfifo(fifo)
     result = run_cli("directory", "add", str(fifo), "--db", str(tmp_path / "store.db"))
     assert result.returncode == 4 and "not a regular file" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- issue 19: a trusted drop folder, one line instead of a traceback, escaped output ----------
+
+def _daemon_config(tmp_path: Path, extra: str = "") -> Path:
+    (tmp_path / "mail" / "Inbox").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "snapshots").mkdir(exist_ok=True)
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'db = "store.db"\nsnapshot_folder = "snapshots"\npoll_interval = 1\n{extra}'
+                      f'[[mailbox]]\naddress = "{ALICE}"\nexports = ["mail"]\n')
+    return config
+
+
+@pytest.mark.parametrize("case", ["drop-writable", "drop-foreign", "directory-writable"])
+def test_n4_a_drop_folder_or_directory_file_others_could_write_is_refused_at_start(tmp_path, case):
+    config = _daemon_config(tmp_path)
+    if case == "drop-writable":
+        os.chmod(tmp_path / "snapshots", 0o777)
+        says = "snapshot_folder: " + str(tmp_path / "snapshots") + " is writable by group or others"
+    elif case == "drop-foreign":
+        if os.getuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        os.chown(tmp_path / "snapshots", 65534, 65534)
+        says = "is owned by another user (uid 65534)"
+    else:
+        (tmp_path / "directory.json").write_text("{}")
+        os.chmod(tmp_path / "directory.json", 0o666)
+        says = "directory_file: " + str(tmp_path / "directory.json") + " is writable by group or others"
+    result = run_cli("daemon", "--config", str(config))
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_n4_a_dropped_entry_that_is_not_the_users_own_is_not_applied_and_a_late_page_is_named(tmp_path):
+    config = _daemon_config(tmp_path)
+    daemon = Proc("daemon", "--config", str(config))
+    try:
+        daemon.wait_for(lambda p: any(f"index of {ALICE}" in line for line in p.err), what="the start")
+        mine = _snapshot(tmp_path / "snapshots" / ".mine", [_entry(1, None)])
+        mine.rename(tmp_path / "snapshots" / "mine")
+        daemon.wait_for(lambda p: any("applied snapshot" in line for line in p.err), what="the snapshot applied")
+        late = tmp_path / "snapshots" / "mine" / "snapshot-0002.json"
+        late.write_text((tmp_path / "snapshots" / "mine" / "snapshot.json").read_text())
+        daemon.wait_for(lambda p: any(f"{late} appeared in snapshot folder" in line for line in p.err),
+                        what="the warning about the late page")
+        if os.getuid() == 0:  # a folder another user dropped (possible if the folder was open once)
+            forged = _snapshot(tmp_path / "snapshots" / ".forged", [_entry(2, None)])
+            os.chown(forged, 65534, 65534)
+            forged.rename(tmp_path / "snapshots" / "forged")
+            daemon.wait_for(lambda p: any("forged is owned by another user" in line for line in p.err),
+                            what="the refusal")
+        entries = store.connect(tmp_path / "store.db").execute("SELECT entry_id FROM entries").fetchall()
+        assert entries == [("e1",)]
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("case", ["nested-config", "event-mailbox", "event-name", "event-end", "hmac-secret"])
+def test_n3_a_config_that_cannot_work_is_one_line_and_exit_2_at_start(tmp_path, case):
+    if case == "nested-config":
+        config = _daemon_config(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+        says = "nested too deeply"
+    elif case == "hmac-secret":
+        (tmp_path / "key").write_text("not base64 at all!")
+        os.chmod(tmp_path / "key", 0o600)
+        config = _daemon_config(tmp_path)
+        with open(config, "a") as handle:
+            handle.write('[mimecast]\nbase_url = "https://eu-api.mimecast.com"\nauth = "hmac"\napp_id = "a"\n'
+                         f'app_key = "k"\naccess_key = "x"\nsecret_key_file = "key"\nmailboxes = ["{ALICE}"]\n')
+        says = "the secret key is not base64"
+    else:
+        event = {"event-mailbox": f'name = "e1"\nmailboxes = ["a/b@x"]\nstart = "2030-01-01T00:00:00Z"\n',
+                 "event-name": 'name = "\\u001b[31m"\nmailboxes = ["x@y.z"]\nstart = "2030-01-01T00:00:00Z"\n',
+                 "event-end": 'name = "e1"\nmailboxes = ["x@y.z"]\nstart = "2030-01-01T09:00:00Z"\n'
+                              'end = "2030-01-01T08:00:00Z"\n'}[case]
+        config = _daemon_config(tmp_path)
+        with open(config, "a") as handle:
+            handle.write("[[event]]\n" + event)
+        says = {"event-mailbox": "$.event[0].mailboxes[0]: not a mailbox address",
+                "event-name": "$.event[0].name: not an event name",
+                "event-end": "$.event[0].end: 2030-01-01T08:00:00Z is not after its start"}[case]
+    result = run_cli("daemon", "--config", str(config))
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_n3_a_corrupt_apply_journal_is_one_line_saying_what_moving_it_costs(tmp_path):
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / ".syncengine-apply.db").write_bytes(b"not a journal" * 100)
+    store.connect(tmp_path / "store.db").conn.close()
+    result = run_cli("apply", "--mailbox", ALICE, "--mailbox-dir", str(tmp_path / "mail"), "--db",
+                     str(tmp_path / "store.db"), "--once")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not a usable apply journal" in result.stderr and "sends in it would go out again" in result.stderr
+
+
+def test_n3_mail_and_peer_text_reaches_log_lines_escaped(tmp_path):
+    config = _daemon_config(tmp_path)
+    daemon = Proc("daemon", "--config", str(config))
+    try:
+        daemon.wait_for(lambda p: any(f"index of {ALICE}" in line for line in p.err), what="the start")
+        evil = _snapshot(tmp_path / "snapshots" / ".evil", [_entry(1, None)])
+        evil.rename(tmp_path / "snapshots" / "evil\x1b]0;pwned\x07")
+        daemon.wait_for(lambda p: any("applied snapshot" in line for line in p.err), what="the snapshot applied")
+    finally:
+        daemon.stop()
+    log = "\n".join(daemon.err)
+    assert "\x1b" not in log and "\x07" not in log and "evil\\x1b]0;pwned\\x07" in log
