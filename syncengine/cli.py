@@ -893,30 +893,47 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
 @click.option("--smtp-user", help="SMTP login.")
 @click.option("--smtp-password-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The SMTP password, in an owner-only file.")
+@click.option("--smtp-ca-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The CA certificate(s) of a private relay, for --starttls or --ssl (PEM).")
 @click.option("--once", is_flag=True, help="Apply what is pending, then exit (after 2 s with nothing new).")
+@click.option("--status", "show_status", is_flag=True,
+              help="List what was not sent to every recipient (partial, failed, still trying), with the relay's "
+                   "answers, from the folder's journal; then exit.")
 @click.option("--verbose", "-v", is_flag=True, help="Log each delta as it is applied.")
 def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None, endpoint: str | None,
                   keys_dir: Path | None, smtp: str | None, starttls: bool, use_ssl: bool, smtp_user: str | None,
-                  smtp_password_file: Path | None, once: bool, verbose: bool) -> None:
+                  smtp_password_file: Path | None, smtp_ca_file: Path | None, once: bool, show_status: bool,
+                  verbose: bool) -> None:
     """Apply MAILBOX's deltas to a mailbox folder: the reference plugin client.
 
     deliver writes the stored message into Inbox with the header
     X-Syncengine-Delivery: EVENT/SEQ (so the index recognises it, C12); purge removes the
     named file if it still holds the delta's Message-ID; send submits the Outbox item over
-    SMTP and moves it to Sent Items; defer is logged. Each delta is acknowledged only once
-    its effect is durable, and a journal in the folder (a dot-file) makes a restart
-    re-apply nothing. Content the engine's files do not give (another machine) is fetched
-    over the protocol. A delivery whose content cannot be had yet (Mimecast did not give
-    it, or the engine cannot serve it now) is never acknowledged unread: it stays pending,
-    is tried again with backoff (2 s, doubling to 5 min) while the deltas after it go on,
-    and is listed as pending when apply ends; `syncengine status` shows the client's
-    acknowledgement behind the log meanwhile.
+    SMTP; defer is logged. No file is ever replaced: a name that is taken gets a free one.
+    Each delta is acknowledged only once its effect is durable, and a journal in the
+    folder (a dot-file) makes a restart re-apply nothing; it keys on the store's id, so a
+    rebuilt store's deltas are applied as its own, never skipped.
+
+    Sending is what a mail program does: Bcc and Resent-Bcc go in the envelope, never in
+    the message; the relay's answer is kept per recipient. A send is "sent" (and moved to
+    Sent Items) only when every recipient was accepted. A temporary refusal (greylisting,
+    too many recipients) is sent again to those recipients in a later transaction, with
+    the same bytes and backoff, for about half an hour; a permanent one is recorded. Some
+    refused: "partial" (moved to Sent Items); all refused: "failed" (it stays in the
+    Outbox, as "not sent"). Each is named when apply ends, and `--status` lists them.
+
+    A delivery whose content cannot be had yet, or a send the relay cannot take now (it
+    is away, refuses the login, or its certificate is not trusted: the error names the
+    host), is never acknowledged: it stays pending and is tried again with backoff (2 s,
+    doubling to 5 min) while the deltas after it go on; `syncengine status` shows the
+    client's acknowledgement behind the log meanwhile.
 
     \b
     Examples:
       syncengine apply --mailbox alice@acme.example --mailbox-dir ~/Mail/alice --db alice.db
       syncengine apply --mailbox alice@acme.example --mailbox-dir ~/Maildir --layout maildir \\
           --db alice.db --smtp smtp.acme.example:587 --starttls --smtp-user alice --smtp-password-file ~/.smtp
+      syncengine apply --mailbox alice@acme.example --mailbox-dir ~/Mail/alice --status
     """
     import signal
     import threading
@@ -931,6 +948,9 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
         mailbox = normalise.mailbox(mailbox)
     except ValueError as exc:
         _fail(f"--mailbox: {exc}", 2)
+    if show_status:
+        _apply_status(mailbox_dir, mailbox)
+        return
     if (db is None) == (endpoint is None):
         _fail("follow a store (--db STORE) or an engine elsewhere (--endpoint URL --keys DIR)", 2)
     try:
@@ -957,11 +977,13 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
                 reason = getattr(exc, "strerror", None)
                 _fail(f"--smtp-password-file: {reason} ({smtp_password_file})" if reason else
                       f"--smtp-password-file: {exc}", 2)
-        relay = Smtp(host, int(port), "ssl" if use_ssl else "starttls" if starttls else "none", smtp_user, password)
+        relay = Smtp(host, int(port), "ssl" if use_ssl else "starttls" if starttls else "none", smtp_user, password,
+                     smtp_ca_file)
     listener = client_mod.Client(where, f"{mailbox}/apply", [mailbox], curve=curve)
     try:
         applier = apply_mod.Applier(Layout(mailbox_dir, layout == "maildir"), relay,
-                                    lambda d: listener.fetch_content(d["mailbox"], d["mailbox_seq"]))
+                                    lambda d: listener.fetch_content(d["mailbox"], d["mailbox_seq"]),
+                                    lambda: listener.store)
     except ApplyError as exc:
         listener.close()
         _fail(str(exc), EXIT_STORE)
@@ -978,6 +1000,29 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
         applier.close()
     for line in report.lines():
         click.echo(printable(line))
+
+
+def _apply_status(mailbox_dir: Path, mailbox: str) -> None:
+    """What the folder's journal says was not sent to every recipient."""
+    from .apply import client as apply_mod
+    from .apply.mailbox import ApplyError
+
+    if not (mailbox_dir / apply_mod.JOURNAL).exists():
+        _fail(f"{mailbox_dir}: no apply journal here (nothing was applied to this folder)", EXIT_STORE)
+    try:
+        journal = apply_mod.Journal(mailbox_dir)
+    except ApplyError as exc:
+        _fail(str(exc), EXIT_STORE)
+    unsent = [s for s in journal.unsent() if s["mailbox"] == mailbox]
+    journal.close()
+    if not unsent:
+        click.echo("every send went to all its recipients")
+    for send in unsent:
+        click.echo(printable(f"#{send['mailbox_seq']} {send['outcome']}: {send['message_id'] or ''} "
+                             f"{send['subject'] or ''} ({send['source']})"))
+        for item in send["recipients"]:
+            click.echo(printable(f"  {item['recipient']}: {item['state']}, {item['code']} {item['reply'] or ''}"
+                                 f" ({item['attempts']} attempt(s))"))
 
 
 @cli.group()

@@ -53,6 +53,8 @@ class Client:
         self.context = context or zmq.Context.instance()
         self.acked: dict[str, int] = {}
         self.reconnects = 0
+        self.store: str | None = None  # the engine's store id (caught_up), once known
+        self._held: list[dict] = []    # a catch-up's deltas, handed over once caught_up names the store
         self._sub = self._dealer = None
         self._connect()
 
@@ -168,15 +170,28 @@ class Client:
 
     def _on_reply(self, reply: dict) -> Iterator[dict]:
         op = reply.get("op")
-        if op is None:  # a catch-up delta
+        if op is None:  # a catch-up delta: held until caught_up says which store it is from
             delta = self._accept(reply, caught_up=True)
             if delta is not None:
-                yield delta
+                self._held.append(delta)
         elif op == "caught_up":
+            store = reply.get("store")
+            if self.store is not None and store != self.store:
+                # another store answers under this name (rebuilt, or a new one): its numbering is
+                # its own. Nothing held is from it; start again from its beginning.
+                log.warning("the engine's store changed (%s, was %s): catching up from its start", store, self.store)
+                self.store, self._held = store, []
+                self.last = dict.fromkeys(self.mailboxes, 0)
+                self._since_given = True
+                self._hello()
+                return
+            self.store = store
             self._catching_up = False
             for mailbox, seq in reply["mailboxes"].items():  # where the server started, when it sent none
                 if mailbox in self.last:
                     self.last[mailbox] = max(self.last[mailbox], seq)
+            held, self._held = self._held, []
+            yield from held
             if self._fetched:  # a page, or the feed moved on meanwhile: ask until one comes back empty
                 self._hello()
         elif op == "acked":

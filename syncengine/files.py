@@ -94,6 +94,49 @@ def write_durable(target: Path, data: bytes | Iterable[bytes], mode: int = 0o600
     return written
 
 
+def write_new(target: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Write `data` durably as `target` unless a file of that name is there: never replaces
+    one, even against another writer (written whole under a temporary name, then linked
+    into place, which fails when the name is taken). False when it was there."""
+    target = Path(target)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:200]}.", suffix=".part")
+    try:
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(handle, view):]
+            os_fsync(handle)
+        finally:
+            os.close(handle)
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+    fsync_dir(target.parent)
+    return True
+
+
+def link_free(source: Path, target: Path) -> Path:
+    """`source` linked into place at `target`, or at the first free `name-1.ext`,
+    `name-2.ext`, ... beside it: never over a file that is there. Returns where."""
+    target = Path(target)
+    stem, suffix = target.stem, target.suffix
+    for number in range(10_000):
+        candidate = target if number == 0 else target.with_name(f"{stem}-{number}{suffix}")
+        try:
+            os.link(source, candidate)
+        except FileExistsError:
+            continue
+        fsync_dir(candidate.parent)
+        return candidate
+    raise FileExistsError(f"{target}: no free name beside it")
+
+
 def _relative(name: str, what: str) -> Path:
     """`name` as a relative path with no `..`, or OutsideError."""
     if not isinstance(name, str) or not name:

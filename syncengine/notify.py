@@ -162,6 +162,7 @@ class Server:
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")  # heartbeats never wait long on another writer
         self._acks: list[tuple[bytes, protocol.Ack, str]] = []  # checked, waiting for their commit
         self.published = self.db.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
+        self.store_id = store.identity(self.db.conn)
         self.latest = dict(self.db.execute("SELECT mailbox, max(mailbox_seq) FROM deltas GROUP BY mailbox").fetchall())
         self._data_version = self._version()
 
@@ -380,7 +381,7 @@ class Server:
             lines = engine.deltas_for(self.db, mailbox, start, PAGE - len(replies)) if len(replies) < PAGE else []
             replies.extend(lines)
             last[mailbox] = start + len(lines)  # mailbox_seq is gap-free
-        return replies + [{"op": "caught_up", "mailboxes": last}]
+        return replies + [{"op": "caught_up", "mailboxes": last, "store": self.store_id}]
 
     def _check_ack(self, request: protocol.Ack, user: str | None) -> str:
         """N5: the client may see the mailbox, and the ack is within 0..latest."""

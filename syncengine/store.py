@@ -102,6 +102,11 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
     return applied
 
 
+def identity(conn) -> str:
+    """The store's random id, made at its creation (0009_store_identity)."""
+    return conn.execute("SELECT id FROM store_identity").fetchone()[0]
+
+
 def db_path(db: sqlite_utils.Database) -> str:
     return db.execute("PRAGMA database_list").fetchone()[2]
 

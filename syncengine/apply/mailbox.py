@@ -1,14 +1,17 @@
 """A mailbox as a folder tree: the `.eml` tree that `syncengine index` reads (a folder per
-mailbox folder), or Maildir++ (`cur/new/tmp`, subfolders `.Sent Items`, ...).
+mailbox folder), or Maildir++ (`cur/new/tmp`, subfolders `.Sent Items`, ...); and the SMTP
+submission of Outbox items, as a mail program submits them.
 
-Every write is durable before it is acknowledged (files.py); a restart never renames or
-touches a message file it already wrote; a purge removes only the file named, only if it
-is still the message the delta names.
+Every write is durable before it is acknowledged (files.py); no write or move ever
+replaces a file that is there (a free name is chosen, as exporters number files per
+folder); a purge removes only the file named, only if it is still the message the
+delta names.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -26,13 +29,10 @@ class ApplyError(Exception):
     """A delta that cannot be applied; the text says why (recorded, reported, acked)."""
 
 
-class Retry(Exception):
-    """A delta that cannot be applied yet (the relay is down): not recorded, not acked."""
-
-
 class Pending(Exception):
     """A delta that cannot be applied yet but need not hold up those after it (a delivery
-    whose content cannot be fetched now): not recorded, not acked, tried again later."""
+    whose content cannot be fetched now, a send the relay cannot take now): not
+    recorded, not acked, tried again later."""
 
 
 def with_delivery_header(raw: bytes, event: str, seq: int) -> bytes:
@@ -51,6 +51,10 @@ def message_id(path: Path) -> str | None:
     return normalise.message_id(BytesHeaderParser(policy=policy.compat32).parsebytes(data).get("Message-ID"))
 
 
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 @dataclass
 class Layout:
     root: Path
@@ -62,27 +66,24 @@ class Layout:
             return self.root / name
         return self.root if name.lower() == "inbox" else self.root / f".{name.replace('/', '.')}"
 
-    def deliver(self, raw: bytes, event: str, seq: int, mailbox: str) -> Path:
-        """The delivery's file, named by its delta so a restart finds it and never writes it
-        twice; returns its path."""
+    def deliver(self, raw: bytes, event: str, seq: int, mailbox: str, store: str) -> Path:
+        """The delivery's file, named by its delta and its store so a restart finds it and
+        never writes it twice, and another store's delivery of the same number is not
+        taken for it; returns its path."""
         data = with_delivery_header(raw, event, seq)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{event}-{seq}")
+        name = f"syncengine-{_safe(event)}-{seq}-{_safe(store[:8])}"
         if not self.maildir:
-            target = files.private_dir(self.folder("Inbox")) / f"syncengine-{safe}.eml"
-            if not target.exists():
-                files.write_durable(target, data)
+            target = files.private_dir(self.folder("Inbox")) / f"{name}.eml"
+            files.write_new(target, data)
             return target
         inbox = self.folder("Inbox")
         for sub in ("tmp", "new", "cur"):
             files.private_dir(inbox / sub)
-        name = f"syncengine-{safe}.{normalise.fingerprint(mailbox)[:8]}"
+        name = f"{name}.{normalise.fingerprint(mailbox)[:8]}"
         target = inbox / "new" / name
-        if target.exists() or any((inbox / "cur").glob(name + ":*")):
-            return target
-        staged = inbox / "tmp" / name
-        files.write_durable(staged, data)
-        os.replace(staged, target)  # Maildir: tmp/ then new/, so a reader never sees half of it
-        files.fsync_dir(target.parent)
+        if any((inbox / "cur").glob(name + ":*")):
+            return target  # delivered before, and seen since
+        files.write_new(target, data)  # durable first, then in place without replacing anything
         return target
 
     def local(self, locator: str) -> Path:
@@ -105,18 +106,75 @@ class Layout:
         return "purged"
 
     def move_to_sent(self, path: Path) -> Path:
-        """As Outlook does after sending: the Outbox item becomes a Sent Items item."""
+        """As Outlook does after sending: the Outbox item becomes a Sent Items item, under a
+        free name (Sent Items often holds a file of the same name: exporters number files
+        per folder). Linked in place first, so it is never in neither folder."""
         sent = self.folder("Sent Items")
         if self.maildir:
             for sub in ("tmp", "new", "cur"):
                 files.private_dir(sent / sub)
-            target = sent / "cur" / path.name
+            folder = sent / "cur"
         else:
-            target = files.private_dir(sent) / path.name
-        os.replace(path, target)
-        files.fsync_dir(target.parent)
+            folder = files.private_dir(sent)
+        target = files.link_free(path, folder / path.name)
+        path.unlink()
         files.fsync_dir(path.parent)
         return target
+
+
+# --- submission ---------------------------------------------------------------------------------
+
+_BLIND = re.compile(rb"^(resent-)?bcc[ \t]*:", re.IGNORECASE)
+
+
+def submission(raw: bytes) -> tuple[str | None, list[str], bytes]:
+    """Sender, every recipient, and the bytes to submit, as RFC 5321/5322 and mail
+    programs do it: blind copies are in the envelope but not in the data (Bcc and
+    Resent-Bcc fields are removed, and nothing else changes, so a resend is the same
+    bytes). A resent message (Resent-Date) goes to its Resent- recipients."""
+    headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+    prefix = "Resent-" if headers.get("Resent-Date") is not None else ""
+    sender = normalise.address(headers.get(f"{prefix}Sender") or headers.get(f"{prefix}From"))
+    recipients = []
+    for _, address in getaddresses(headers.get_all(f"{prefix}To", []) + headers.get_all(f"{prefix}Cc", [])
+                                   + headers.get_all(f"{prefix}Bcc", [])):
+        address = normalise.address(address)
+        if address and address not in recipients:
+            recipients.append(address)
+    return sender, recipients, strip_blind_copies(raw)
+
+
+def strip_blind_copies(raw: bytes) -> bytes:
+    """`raw` without its Bcc and Resent-Bcc fields (with their folded lines); the rest of
+    the header and the body byte for byte."""
+    lines = raw.splitlines(keepends=True)
+    out, dropping = [], False
+    for number, line in enumerate(lines):
+        if line in (b"\r\n", b"\n"):  # the end of the header
+            return b"".join(out + lines[number:])
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        dropping = bool(_BLIND.match(line))
+        if not dropping:
+            out.append(line)
+    return b"".join(out)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A relay's answer refusing a recipient (or the whole message, for each recipient)."""
+    code: int
+    reply: str
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+
+class SmtpUnavailable(Exception):
+    """The relay could not be reached, talked to, or trusted: the send is tried again later."""
 
 
 @dataclass
@@ -126,21 +184,41 @@ class Smtp:
     security: str = "none"         # none | starttls | ssl
     user: str | None = None
     password: str | None = None    # read from an owner-only file, never printed
+    ca_file: Path | None = None    # the relay's CA, for a private relay
 
-    def send(self, raw: bytes) -> None:
-        """Submit the bytes as they are (same Message-ID and Date on a resend)."""
-        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
-        sender = normalise.address(headers.get("From"))
-        recipients = [a for _, a in getaddresses(headers.get_all("To", []) + headers.get_all("Cc", [])
-                                                  + headers.get_all("Bcc", [])) if a]
-        if not sender or not recipients:
-            raise ApplyError("the message has no From or no recipients")
-        context = ssl.create_default_context()
-        cls = smtplib.SMTP_SSL if self.security == "ssl" else smtplib.SMTP
-        kwargs = {"context": context} if self.security == "ssl" else {}
-        with cls(self.host, self.port, timeout=60, **kwargs) as server:
-            if self.security == "starttls":
-                server.starttls(context=context)
-            if self.user:
-                server.login(self.user, self.password or "")
-            server.sendmail(sender, recipients, raw)
+    def send(self, data: bytes, sender: str, recipients: list[str]) -> dict[str, Refusal]:
+        """Submit `data` to `recipients` in one transaction; the recipients refused, with
+        the relay's answer (empty: every one accepted). SmtpUnavailable when the relay
+        cannot be reached, refuses the login, or its certificate is not trusted."""
+        where = f"{self.host}:{self.port}"
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            cls = smtplib.SMTP_SSL if self.security == "ssl" else smtplib.SMTP
+            kwargs = {"context": context} if self.security == "ssl" else {}
+            with cls(self.host, self.port, timeout=60, **kwargs) as server:
+                if self.security == "starttls":
+                    server.starttls(context=context)
+                if self.user:
+                    server.login(self.user, self.password or "")
+                try:
+                    refused = server.sendmail(sender, recipients, data)
+                except smtplib.SMTPRecipientsRefused as exc:
+                    refused = exc.recipients
+                except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:  # the whole message
+                    return dict.fromkeys(recipients, Refusal(exc.smtp_code, _text(exc.smtp_error)))
+        except ssl.SSLCertVerificationError as exc:
+            raise SmtpUnavailable(f"TLS to {where}: the relay's certificate is not trusted ({exc.verify_message}); "
+                                  "give its CA with --smtp-ca-file") from None
+        except ssl.SSLError as exc:
+            raise SmtpUnavailable(f"TLS to {where}: {exc.reason or exc}") from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise SmtpUnavailable(f"{where} refused the login ({exc.smtp_code} {_text(exc.smtp_error)})") from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise SmtpUnavailable(f"{where}: {exc}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise SmtpUnavailable(f"{where}: {type(exc).__name__}: {exc}") from None
+        return {recipient: Refusal(code, _text(reply)) for recipient, (code, reply) in refused.items()}
+
+
+def _text(reply) -> str:
+    return (reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply))[:300]
