@@ -36,6 +36,7 @@ log = logging.getLogger("syncengine.apply")
 JOURNAL = ".syncengine-apply.db"
 RETRY_FIRST = 2.0      # seconds before something pending is tried again; doubled each time
 RETRY_MAX = 300.0
+ONCE_PATIENCE = 10.0   # --once waits for a likely retry due within this long (the first two: 2 s, 4 s)
 SEND_ATTEMPTS = 12     # transactions for a temporarily refused recipient (about half an hour)
 
 
@@ -262,7 +263,7 @@ class Applier:
         if waiting:
             first = next(iter(waiting.values()))
             raise Pending(f"{len(waiting)} of {len(recipients)} recipient(s) refused for now ({first[1]} {first[2]});"
-                          " sent to them in a later transaction")
+                          " sent to them in a later transaction", soon=True)
         refused = {r: s for r, s in states.items() if s[0] == "refused"}
         for recipient, (_, code, reply, _) in sorted(refused.items()):
             self.report.problems.append(f"#{delta['mailbox_seq']} send {delta.get('message_id') or ''}: "
@@ -292,13 +293,19 @@ def run(applier: Applier, listener, mailbox: str, stop: threading.Event, idle: f
     acked: int | None = None      # the last mailbox_seq acknowledged
     applied: set[int] = set()     # applied beyond it
     waiting: dict[int, list] = {}  # mailbox_seq -> [delta, when to try again, backoff]
-    for delta in listener.deltas(timeout=idle, tick=1.0):
-        if delta is not None and delta["mailbox"] == mailbox:
-            if acked is None:  # a catch-up starts right after the last acknowledgement
-                acked = delta["mailbox_seq"] - 1
-            if _attempt(applier, delta, waiting):
-                applied.add(delta["mailbox_seq"])
+    heard = time.monotonic()
+    for delta in listener.deltas(tick=min(idle, 1.0) if idle else 1.0):
+        if delta is not None:
+            heard = time.monotonic()
+            if delta["mailbox"] == mailbox:
+                if acked is None:  # a catch-up starts right after the last acknowledgement
+                    acked = delta["mailbox_seq"] - 1
+                if _attempt(applier, delta, waiting):
+                    applied.add(delta["mailbox_seq"])
         now = time.monotonic()
+        if idle is not None and now - heard > idle and not any(item[0]["_soon"] and item[1] - now < ONCE_PATIENCE
+                                                               for item in waiting.values()):
+            break  # --once: nothing new, and no retry due soon that is likely to work
         for seq, (pending, due, _) in sorted(waiting.items()):
             if due <= now and _attempt(applier, pending, waiting):
                 applied.add(seq)
@@ -320,7 +327,7 @@ def _attempt(applier: Applier, delta: dict, waiting: dict) -> bool:
     except Pending as exc:
         seq = delta["mailbox_seq"]
         backoff = RETRY_FIRST if seq not in waiting else min(waiting[seq][2] * 2, RETRY_MAX)
-        delta["_pending"] = str(exc)
+        delta["_pending"], delta["_soon"] = str(exc), exc.soon
         waiting[seq] = [delta, time.monotonic() + backoff, backoff]
         log.warning("delta %d pending: %s; trying again in %.0f s", seq, exc, backoff)
         return False

@@ -32,7 +32,12 @@ class ApplyError(Exception):
 class Pending(Exception):
     """A delta that cannot be applied yet but need not hold up those after it (a delivery
     whose content cannot be fetched now, a send the relay cannot take now): not
-    recorded, not acked, tried again later."""
+    recorded, not acked, tried again later. `soon`: a retry in seconds is likely to work
+    (greylisting, too many recipients), so a one-shot run waits for it."""
+
+    def __init__(self, why: str, soon: bool = False):
+        super().__init__(why)
+        self.soon = soon
 
 
 def with_delivery_header(raw: bytes, event: str, seq: int) -> bytes:
