@@ -564,9 +564,14 @@ def status(db: Path | None, config: Path | None, as_json: bool) -> None:
         click.echo(printable(f"error: {error['file']}: {error['reason']}"))
 
 
+ADMIN_ANSWER_SECONDS = 10.0  # the daemon says "working" at once; silence this long is an error
+
+
 def _via_daemon(db: Path, request: dict) -> dict | None:
     """While a daemon holds the store it is the one writer: send it the command over the
-    store's own ipc socket and return its result (None: no daemon, do it here)."""
+    store's own ipc socket and return its result (None: do it here; no daemon, or one
+    that serves no local channel, which SQLite then serialises with). It never hangs:
+    the daemon answers "working" at once, or the command fails naming the socket."""
     holder = _daemon_holder(db)
     if holder is None:
         return None
@@ -574,15 +579,24 @@ def _via_daemon(db: Path, request: dict) -> dict | None:
 
     from . import endpoints as endpoints_mod
     where = endpoints_mod.for_store(db)
+    if not os.path.exists(where.router[len("ipc://"):]):
+        click.echo(f"note: the daemon ({holder}) serves no local channel; writing to the store directly", err=True)
+        return None
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     try:
         dealer.connect(where.router)
         dealer.send(json.dumps({"op": "admin", **request}).encode())
-        if not dealer.poll(3_600_000):
-            _fail(f"the daemon ({holder}) did not answer", EXIT_STORE)
+        if not dealer.poll(int(ADMIN_ANSWER_SECONDS * 1000)):
+            _fail(f"the daemon ({holder}) did not answer on {where.router} within {ADMIN_ANSWER_SECONDS:g} s",
+                  EXIT_STORE)
         reply = json.loads(dealer.recv())
+        while reply.get("op") == "working":  # as long as it takes (an index of a large store), while it lives
+            if dealer.poll(1000):
+                reply = json.loads(dealer.recv())
+            elif _daemon_holder(db) is None:
+                _fail(f"the daemon ({holder}) stopped before it answered", EXIT_STORE)
     finally:
         dealer.close()
         context.term()

@@ -217,17 +217,29 @@ class Client:
 
     def fetch_content(self, mailbox: str, mailbox_seq: int, timeout: float = 30.0) -> bytes | None:
         """The bytes a deliver or send delta names, over the protocol (`content`), for a
-        client that cannot read the engine's files; None when the engine has none."""
+        client that cannot read the engine's files; None when the engine has none (yet).
+        The server sends a chunk at a time, each with a token the next request echoes."""
         dealer = self._socket(zmq.DEALER)
+        parts: list[bytes] = []
         try:
             dealer.connect(self.endpoints.router)
-            dealer.send(json.dumps({"op": "content", "client": self.client, "mailbox": mailbox,
-                                    "mailbox_seq": mailbox_seq}).encode())
-            if not dealer.poll(int(timeout * 1000)):
-                return None
-            frames = dealer.recv_multipart()
-            header = _DECODE(frames[0])
-            return frames[1] if header.get("op") == "content" and len(frames) == 2 else None
+            offset, token = 0, None
+            while True:
+                request = {"op": "content", "client": self.client, "mailbox": mailbox, "mailbox_seq": mailbox_seq,
+                           "offset": offset}
+                if token:
+                    request["token"] = token
+                dealer.send(json.dumps(request).encode())
+                if not dealer.poll(int(timeout * 1000)):
+                    return None
+                frames = dealer.recv_multipart()
+                header = _DECODE(frames[0])
+                if header.get("op") != "content" or len(frames) != 2 or header.get("offset") != offset:
+                    return None
+                parts.append(frames[1])
+                offset, token = offset + len(frames[1]), header.get("token")
+                if offset >= header.get("size", 0) or not frames[1]:
+                    return b"".join(parts)
         finally:
             dealer.close(linger=0)
 

@@ -195,21 +195,26 @@ def inside(root: Path, name: str, what: str = "path") -> Path:
     return target
 
 
-def read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file, opened without following a final symlink and without
-    blocking on a FIFO or device; OSError (with a reason) for anything else."""
+def open_regular(path: Path):
+    """A regular file opened for reading (a binary file object), without following a final
+    symlink and without blocking on a FIFO or device; OSError (with a reason) otherwise."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     handle = os.open(path, flags)
     try:
-        info = os.fstat(handle)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
             raise OSError(f"not a regular file: {path}")
-        if limit is not None and info.st_size > limit:
-            raise OSError(f"larger than {limit} bytes: {path}")
-        with os.fdopen(handle, "rb", closefd=False) as stream:
-            return stream.read()
-    finally:
+        return os.fdopen(handle, "rb")
+    except BaseException:
         os.close(handle)
+        raise
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, opened as open_regular does; OSError beyond `limit`."""
+    with open_regular(path) as stream:
+        if limit is not None and os.fstat(stream.fileno()).st_size > limit:
+            raise OSError(f"larger than {limit} bytes: {path}")
+        return stream.read()
 
 
 def untrusted(path: Path) -> str | None:

@@ -28,11 +28,16 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import endpoints as endpoints_mod
 from . import engine, files, locks, normalise, protocol, store
+from .files import open_regular
 from .store import transaction
 
 log = logging.getLogger("syncengine.notify")
 
 HEARTBEAT_SECONDS = 1.0
+CONTENT_CHUNK = 512 << 10  # bytes of a message in one content reply
+CONTENT_OPEN = 32          # content transfers in flight in all (a reply sent, not yet shown read) ...
+CONTENT_OPEN_PER_CLIENT = 4  # ... and per CURVE client
+CONTENT_EXPIRY = 300.0     # seconds after which a transfer never continued frees its place
 PAGE = 5000                # deltas in one catch-up reply, across its mailboxes
 CHECK_SECONDS = 0.05       # how often to look for deltas committed by other processes
 BUSY_MS = 100              # a request's write waits this long for another writer before it is retried
@@ -86,6 +91,10 @@ class Server:
         self.forward = forward  # the daemon runs event requests on its writer, never on this loop
         self.check_seconds = check_seconds
         self._topics: dict[str, bytes] = {}  # topic bytes per mailbox, built once
+        # N5: content in flight, per peer: (token the next request must echo, user, when).
+        # A reply is in flight until the peer shows it read it by echoing its token.
+        self._content: dict[bytes, tuple[str, str | None, float]] = {}
+        self._admin_peers: set[bytes] = set()  # waiting for a forwarded command's answer on the local channel
         self._bind()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -136,10 +145,57 @@ class Server:
             raise ServeError(f"cannot bind {self.endpoints.router}: {exc}") from None
         finally:
             os.umask(previous)
+        self.admin = self._local_admin() if self.endpoints.is_tcp and self.forward is not None else None
         self.wake_pull = ctx.socket(zmq.PULL)
         self.wake_pull.bind(self._wake_endpoint)
         self.reply_pull = ctx.socket(zmq.PULL)
         self.reply_pull.bind(self._reply_endpoint)
+
+    def _local_admin(self) -> zmq.Socket | None:
+        """Beside a tcp endpoint, the owner's private local channel for the command line: the
+        store's own ipc socket (0600, in an owner-only folder), which the command line finds
+        from the store's path. None where the platform has no ipc (Windows): the command
+        line then writes to the store itself, which SQLite serialises with the daemon."""
+        local = endpoints_mod.for_store(self.db_path, None)
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES)
+        sock.setsockopt(zmq.LINGER, 0)
+        previous = os.umask(0o077)
+        try:
+            endpoints_mod.prepare_ipc(local)
+            path = Path(local.router[len("ipc://"):])
+            path.unlink(missing_ok=True)  # left by a daemon that died; the lock says none runs
+            sock.bind(local.router)
+            os.chmod(path, 0o600)
+        except (zmq.ZMQError, OSError, endpoints_mod.EndpointError) as exc:
+            sock.close(linger=0)
+            log.warning("no local channel for the command line (%s): it writes to the store itself", exc)
+            return None
+        finally:
+            os.umask(previous)
+        return sock
+
+    def _drain_admin(self) -> None:
+        """The local channel takes the owner's commands (and status), nothing else."""
+        for frames in drain(self.admin, copy=False):
+            identity, body = frames[0].bytes, frames[-1].bytes
+            try:
+                request = protocol.parse(body)
+                if isinstance(request, protocol.Admin):
+                    self._admin_peers.add(identity)
+                    self.forward(request, identity)
+                    replies = [{"op": "working"}]
+                elif isinstance(request, protocol.Status):
+                    replies = [self._status(request, None)]
+                else:
+                    replies = [_error("this local channel takes the owner's commands only", body)]
+            except protocol.RequestError as exc:
+                replies = [_error(f"bad request: {exc}", body)]
+            try:
+                for reply in replies:
+                    self.admin.send_multipart([identity, json.dumps(reply).encode()], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
 
     def _version(self) -> int:
         return self.db.execute("PRAGMA data_version").fetchone()[0]
@@ -171,6 +227,8 @@ class Server:
         poller = zmq.Poller()
         for sock in (self.router, self.pub, self.wake_pull, self.reply_pull, *self.monitors):
             poller.register(sock, zmq.POLLIN)
+        if self.admin is not None:
+            poller.register(self.admin, zmq.POLLIN)
         next_beat = 0.0
         next_check = 0.0
         self.publish_new()
@@ -189,6 +247,8 @@ class Server:
                         self.publish_new()
                 if self.router in ready:
                     self._drain_requests()
+                if self.admin is not None and self.admin in ready:
+                    self._drain_admin()
                 if self.pub in ready:
                     self._drain_subscriptions()
                 for monitor in self.monitors:
@@ -210,8 +270,9 @@ class Server:
             self.close()
 
     def close(self) -> None:
-        for sock in (*self.monitors, self.router, self.pub, self.wake_pull, self.reply_pull):
-            sock.close(linger=0)
+        for sock in (*self.monitors, self.router, self.pub, self.wake_pull, self.reply_pull, self.admin):
+            if sock is not None:
+                sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
         if self.db is not None:
@@ -310,11 +371,15 @@ class Server:
             self._commit_acks()
 
     def _reply(self, identity: bytes, replies: list) -> None:
+        sock = self.router
+        if identity in self._admin_peers:  # a forwarded command that came on the local channel
+            self._admin_peers.discard(identity)
+            sock = self.admin
         for reply in replies:
             frames = reply if isinstance(reply, list) else [reply]
             frames = [f if isinstance(f, bytes) else json.dumps(f).encode() for f in frames]
             try:
-                self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+                sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # gone, or its queue is full: it will say hello again
                 log.info("stopped replying to a client: %s", exc)
                 return
@@ -327,14 +392,14 @@ class Server:
         if isinstance(request, protocol.Status):
             return [self._status(request, user)]
         if isinstance(request, protocol.Content):
-            return self._content(request, user)
+            return self._content_reply(request, user, identity)
         if isinstance(request, protocol.Admin):
             if self.curve is not None:
                 return [{"op": "error", "reason": "admin requests only over the store's own ipc sockets"}]
             if self.forward is None:
                 return [{"op": "error", "reason": "no daemon holds this store; run the command without one"}]
             self.forward(request, identity)
-            return []
+            return [{"op": "working"}]  # at once: the command line knows the daemon has it
         return self._event(request, user, identity)
 
     def _client(self, client: str, user: str | None) -> tuple[str, str]:
@@ -430,16 +495,30 @@ class Server:
         return {"op": "status", "events": events, "last_errors": errors, "waiting": [
             w for w in info.get("waiting", []) if view.may_see(address, w["mailbox"])]}
 
-    def _content(self, request: protocol.Content, user: str | None) -> list:
+    def _content_reply(self, request: protocol.Content, user: str | None, identity: bytes) -> list:
         """The bytes a deliver or send delta names, for a client that cannot read the
-        engine's files: a JSON header frame, then the raw message."""
+        engine's files: a JSON header frame, then up to CONTENT_CHUNK bytes from `offset`.
+        N5: one reply in flight per peer. Each header carries a token that the peer's next
+        content request must echo, which only a peer that read the reply can do; a peer
+        that never reads gets one chunk queued, and CONTENT_OPEN transfers at most are in
+        flight in all, so a flood of requests cannot grow the server."""
         _, address = self._client(request.client, user)
         refusal = self._refused(address, [request.mailbox])
         if refusal:
             return [refusal]
+        now = time.monotonic()
+        for peer, (_, _, at) in list(self._content.items()):
+            if now - at > CONTENT_EXPIRY:
+                del self._content[peer]
+        held = self._content.get(identity)
+        if held is not None and request.token != held[0]:
+            return [{"op": "error", "reason": "one content reply at a time: read the last one and send its token"}]
+        if held is None and (len(self._content) >= CONTENT_OPEN or (user is not None and sum(
+                1 for _, who, _ in self._content.values() if who == user) >= CONTENT_OPEN_PER_CLIENT)):
+            return [{"op": "error", "reason": "too many content transfers at once; try again in a moment"}]
+        self._content.pop(identity, None)
         row = self.db.execute("SELECT content, source, action FROM deltas WHERE mailbox = ? AND mailbox_seq = ?",
                               (request.mailbox, request.mailbox_seq)).fetchone()
-        header = {"op": "content", "mailbox": request.mailbox, "mailbox_seq": request.mailbox_seq}
         if row is None:
             return [{"op": "error", "reason": f"no delta {request.mailbox_seq} for {request.mailbox}"}]
         path = row[0]
@@ -451,10 +530,16 @@ class Server:
         if path is None:
             return [{"op": "error", "reason": "that delta has no content yet (content: null)"}]
         try:
-            data = files.read_regular(Path(path))
+            with open_regular(Path(path)) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(min(request.offset, size))
+                data = handle.read(CONTENT_CHUNK)
         except OSError:
             return [{"op": "error", "reason": "the content file is no longer readable"}]
-        return [[{**header, "size": len(data)}, data]]
+        token = os.urandom(12).hex()
+        self._content[identity] = (token, user, now)
+        return [[{"op": "content", "mailbox": request.mailbox, "mailbox_seq": request.mailbox_seq, "size": size,
+                  "offset": request.offset, "length": len(data), "token": token}, data]]
 
     def _event(self, request: protocol.StartEvent | protocol.EndEvent, user: str | None,
                identity: bytes) -> list[dict]:

@@ -62,6 +62,8 @@ class Content(msgspec.Struct, tag="content", tag_field="op"):
     client: Name
     mailbox: Name
     mailbox_seq: Annotated[int, msgspec.Meta(ge=1, le=SEQ_MAX)]
+    offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
+    token: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # the last content reply's, once read
 
 
 class Admin(msgspec.Struct, tag="admin", tag_field="op"):

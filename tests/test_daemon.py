@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,31 @@ def test_events_of_the_config_schedule_start_and_end_at_their_times(tmp_path):
         assert not any("planned" in line for line in daemon.err)
     finally:
         daemon.stop()
+
+
+def test_a_daemon_on_a_tcp_endpoint_takes_the_command_line_on_its_local_channel_and_never_hangs_it(tmp_path):
+    """The Windows set-up on Linux: a tcp [notify] endpoint with CURVE. The daemon serves the
+    store's own ipc socket beside it for its owner's commands; each returns (before, each
+    waited up to an hour for an answer on a socket nobody served)."""
+    from .processes import free_port_pair
+
+    run_cli("keys", "generate", str(tmp_path / "keys"), check=True)
+    config = _config(tmp_path)
+    with open(config, "a") as handle:
+        handle.write(f'[notify]\nendpoint = "tcp://127.0.0.1:{free_port_pair()}"\nkeys = "keys"\n')
+    daemon = _daemon(config)
+    db = str(tmp_path / "store.db")
+    try:
+        started = subprocess.run([sys.executable, "-m", "syncengine", "event", "start", "ev1", "--mailbox", ALICE,
+                                  "--db", db], capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0 and "reconcile wrote 0 deltas" in started.stdout, started.stderr
+        daemon.wait_for(_logged("event ev1 started"), what="the event start, run by the daemon")
+        _drop(tmp_path, "alice-1", [_entry("over-tcp")])
+        daemon.wait_for(_logged("poll of ev1: 1 delta(s) written"), what="the delivery")
+        for args in (["sync", "--db", db], ["event", "end", "ev1", "--db", db]):
+            result = subprocess.run([sys.executable, "-m", "syncengine", *args], capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0 and "note:" not in result.stderr, result.stderr
+        daemon.wait_for(_logged("event ev1 ending"), what="the end, run by the daemon")
+    finally:
+        assert daemon.stop() == 0

@@ -222,7 +222,8 @@ def test_n5_hostile_requests_get_an_error_and_the_server_keeps_serving(tmp_path)
         hello = _ask(where, json.dumps({"op": "hello", "client": ALICE, "mailboxes": [ALICE, "ALICE@acme.example"],
                                         "since": {"Alice@Acme.Example": 1}}).encode())
         assert [r.get("mailbox_seq") for r in hello[:-1]] == [2, 3]   # one mailbox, once; since keys normalised
-        assert hello[-1] == {"op": "caught_up", "mailboxes": {ALICE: 3}}
+        assert hello[-1] == {"op": "caught_up", "mailboxes": {ALICE: 3},
+                             "store": store.identity(store.connect(db).conn)}
         assert server.popen.poll() is None
     finally:
         server.stop()
@@ -607,3 +608,55 @@ def test_n3_mail_and_peer_text_reaches_log_lines_escaped(tmp_path):
         daemon.stop()
     log = "\n".join(daemon.err)
     assert "\x1b" not in log and "\x07" not in log and "evil\\x1b]0;pwned\\x07" in log
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc")
+def test_n5_a_content_flood_that_is_never_read_cannot_grow_the_server(tmp_path):
+    """150 requests for a 20 MB message on one socket and 100 more on 100 sockets, none
+    read while they queue: one 512 KiB chunk per reply in flight, 32 transfers at most."""
+    db = tmp_path / "store.db"
+    big = tmp_path / "big"
+    (big / "messages").mkdir(parents=True)
+    (big / "messages" / "m.eml").write_bytes(b"Message-ID: <big@x>\r\nSubject: big\r\n\r\n" + b"x" * (20 << 20))
+    _snapshot(big, [_entry(0, "messages/m.eml")])
+    run_cli("snapshot", "add", str(big), "--db", str(db), check=True)
+    run_cli("event", "start", "ev1", "--mailbox", ALICE, "--no-local-mail", ALICE, "--db", str(db), check=True)
+    server = serve(db)
+    where = endpoints.for_store(db)
+    context = zmq.Context()
+    request = json.dumps({"op": "content", "client": ALICE, "mailbox": ALICE, "mailbox_seq": 1}).encode()
+    try:
+        warm = _ask(where, request)  # one honest fetch first: the baseline includes a chunk read
+        assert warm[0]["op"] == "content" and warm[0]["length"] == 512 << 10 and warm[0]["size"] > 20 << 20
+        before = _peak_rss_mb(server.popen.pid)
+        flood = context.socket(zmq.DEALER)
+        flood.connect(where.router)
+        for _ in range(150):
+            flood.send(request)
+        others = []
+        for _ in range(100):
+            other = context.socket(zmq.DEALER)
+            other.connect(where.router)
+            other.send(request)
+            others.append(other)
+        replies = []
+        while len(replies) < 150 and flood.poll(10_000):
+            replies.append(flood.recv_multipart())
+        answered = [json.loads(r[0]) for r in replies]
+        assert [a["op"] for a in answered].count("content") == 1 and len(answered) == 150
+        assert all("one content reply at a time" in a["reason"] for a in answered if a["op"] == "error")
+        chunks = sum(1 for other in others if other.poll(10_000) and json.loads(other.recv_multipart()[0])["op"]
+                     == "content")
+        assert chunks <= 32  # the rest were told to come back
+        grown = _peak_rss_mb(server.popen.pid) - before
+        assert grown < 48, f"the server grew {grown:.0f} MB under the flood (bound: 33 chunks of 512 KiB)"
+    finally:
+        context.destroy(linger=0)
+        server.stop()
