@@ -7,57 +7,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from syncengine import engine, index, store
 
 from .conftest import FIXTURES, run_cli
 from .processes import serve
+from .relay import Relay
 
 ALICE = "alice@acme.example"
 DEMO = FIXTURES / "scenarios" / "demo"
-
-
-class Relay:
-    """An SMTP relay on loopback that logs each transaction (envelope and bytes), and
-    answers RCPT as asked: past `limit` recipients 452, a greylisted recipient 451 the
-    first time, a `refused` one 550 always."""
-
-    def __init__(self, limit: int | None = None, greylist: bool = False, refused: frozenset = frozenset(),
-                 **options):
-        self.transactions: list[tuple[str, list[str], bytes]] = []
-        self.limit, self.greylist, self.refused, self.seen = limit, greylist, refused, set()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
-        self.controller.start()
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address in self.refused:
-            return "550 5.1.1 no such user here"
-        if self.greylist and address not in self.seen:
-            self.seen.add(address)
-            return "451 4.7.1 greylisted, try again in a moment"
-        if self.limit is not None and len(envelope.rcpt_tos) >= self.limit:
-            return "452 4.5.3 Too many recipients"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.transactions.append((envelope.mail_from, list(envelope.rcpt_tos),
-                                  envelope.original_content or envelope.content))
-        return "250 OK"
-
-    def stop(self) -> None:
-        self.controller.stop()
 
 
 def _item(name: str, to: list[str], cc=(), bcc=(), extra: str = "") -> bytes:
