@@ -567,11 +567,13 @@ def status(db: Path | None, config: Path | None, as_json: bool) -> None:
 ADMIN_ANSWER_SECONDS = 10.0  # the daemon says "working" at once; silence this long is an error
 
 
-def _via_daemon(db: Path, request: dict) -> dict | None:
+def _via_daemon(db: Path, request: dict, idempotent: bool = False) -> dict | None:
     """While a daemon holds the store it is the one writer: send it the command over the
     store's own ipc socket and return its result (None: do it here; no daemon, or one
     that serves no local channel, which SQLite then serialises with). It never hangs:
-    the daemon answers "working" at once, or the command fails naming the socket."""
+    the daemon answers "working" at once, or the command fails naming the socket. An
+    `idempotent` command (applying a poller's folder: once, whoever does it) is done here
+    instead when the daemon does not answer or stops before it has."""
     holder = _daemon_holder(db)
     if holder is None:
         return None
@@ -589,6 +591,8 @@ def _via_daemon(db: Path, request: dict) -> dict | None:
         dealer.connect(where.router)
         dealer.send(json.dumps({"op": "admin", **request}).encode())
         if not dealer.poll(int(ADMIN_ANSWER_SECONDS * 1000)):
+            if idempotent:
+                return None
             _fail(f"the daemon ({holder}) did not answer on {where.router} within {ADMIN_ANSWER_SECONDS:g} s",
                   EXIT_STORE)
         reply = json.loads(dealer.recv())
@@ -596,6 +600,8 @@ def _via_daemon(db: Path, request: dict) -> dict | None:
             if dealer.poll(1000):
                 reply = json.loads(dealer.recv())
             elif _daemon_holder(db) is None:
+                if idempotent:
+                    return None
                 _fail(f"the daemon ({holder}) stopped before it answered", EXIT_STORE)
     finally:
         dealer.close()
@@ -742,12 +748,12 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    def apply(folder: Path) -> None:
-        if _via_daemon(db, {"command": "mimecast_apply", "paths": [str(folder)]}) is None:
+    def apply(folder: Path) -> None:  # once, whoever applies it: here when the daemon cannot
+        if _via_daemon(db, {"command": "mimecast_apply", "paths": [str(folder)]}, idempotent=True) is None:
             poller.apply_folder(database, folder, engine.wall_clock())
 
     def record(outcomes: dict, now: float) -> None:
-        if _via_daemon(db, {"command": "mimecast_apply", "outcomes": outcomes}) is None:
+        if _via_daemon(db, {"command": "mimecast_apply", "outcomes": outcomes}, idempotent=True) is None:
             with store.transaction(database.conn) as conn:
                 poller.record_health(conn, outcomes, now)
         if not once:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -166,4 +167,29 @@ def test_c16_list_mail_through_the_live_loop_reaches_the_members_and_no_one_else
         kinds = store.connect(db).execute("SELECT address, kind FROM entries ORDER BY address").fetchall()
         assert kinds == [(BOB, "mailbox"), (SALES, "group")]
     finally:
+        assert daemon.stop() == 0
+
+
+def test_a_standalone_poller_outlives_a_daemon_that_stops_answering_and_applies_its_folder_itself(tmp_path, contract):
+    """Found by the soak (seed 7): the daemon stopped while a forwarded folder waited for
+    its answer, and the standalone poller exited 1. A poller's folder is applied once
+    whoever applies it, so the poller applies it itself and goes on."""
+    contract.messages = [_message("before")]
+    config = _daemon_config(tmp_path, [ALICE])
+    poller_config = tmp_path / "poller.toml"
+    poller_config.write_text(_mimecast_table(tmp_path, contract, [ALICE], snapshot_folder='"snapshots"'))
+    db = tmp_path / "store.db"
+    daemon = _daemon(config)
+    poller = Proc("mimecast", "poll", "--config", str(poller_config), "--db", str(db))
+    try:
+        wait_until(lambda: store.connect(db).execute("SELECT count(*) FROM entries").fetchone()[0] == 1,
+                   what="the first folder, applied by the daemon")
+        daemon.popen.send_signal(signal.SIGSTOP)  # alive, holding the store, answering nothing
+        contract.messages.append(_message("while-frozen"))
+        wait_until(lambda: store.connect(db).execute("SELECT count(*) FROM entries").fetchone()[0] == 2,
+                   timeout=60, what="the poller to apply the next folder itself")
+        assert poller.popen.poll() is None
+    finally:
+        daemon.popen.send_signal(signal.SIGCONT)
+        assert poller.stop() == 0
         assert daemon.stop() == 0
