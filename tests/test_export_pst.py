@@ -90,10 +90,14 @@ def test_an_unknown_event_or_a_missing_mailbox_choice_is_refused_with_the_choice
     assert len(records) == len(_delivered(db, event, mailboxes[1]))
 
 
-def test_a_link_planted_at_the_exports_temporary_name_is_refused_not_followed(replayed, tmp_path):
+def test_a_link_planted_at_the_exports_old_temporary_name_is_never_followed(replayed, tmp_path):
+    """The temporary file has a name of its own, created exclusively: a link planted where
+    it used to be written is left alone, and so is what it points to."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"keep")
     (tmp_path / ".recovered.pst.partial").symlink_to(elsewhere)
     result = run_cli("export-pst", "--db", str(replayed), "--event", "outage", str(tmp_path / "recovered.pst"))
-    assert result.returncode != 0 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    assert elsewhere.read_bytes() == b"keep" and not (tmp_path / "recovered.pst").exists()
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert elsewhere.read_bytes() == b"keep" and (tmp_path / ".recovered.pst.partial").is_symlink()
+    assert (tmp_path / "recovered.pst").read_bytes().startswith(b"!BDN")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial") and not p.is_symlink()]

@@ -101,8 +101,12 @@ class FileWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        # Never through a link planted at the temporary name: the export would land there.
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        # A new file of our own, or nothing: never a file (or a link) another user planted
+        # at the temporary name, which the user's mail would be written into.
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                          | getattr(os, "O_BINARY", 0), 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(self.fd, 0o600)  # the umask must not widen it
         self.buffer = bytearray()
         self.buffer_start = 0
         self.section = -1

@@ -110,7 +110,8 @@ class PstWriter:
 
     def __init__(self, path: Path, display_name: str = "Personal Folders"):
         self.path = Path(path)
-        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        # a name of its own (created exclusively): two exports, or a file planted there, never meet
+        self.partial = self.path.with_name(f".{self.path.name[:200]}.{os.urandom(6).hex()}.partial")
         self.ndb = FileWriter(self.partial)
         self.display_name = display_name
         self.store_uid = uuid.uuid5(uuid.NAMESPACE_URL, f"syncengine-pst:{self.path.name}").bytes

@@ -114,6 +114,7 @@ class Store:
             raise NodeTreeError(f"encryption method {self.crypt} is not read here")
         self.decode = bytes(_R.index(i) for i in range(256)) if self.crypt == CRYPT_PERMUTE else None
         self.bbt_root = struct.unpack_from("<Q", header, 240)[0]
+        self.size = os.fstat(self.fd).st_size  # no node's data or subnodes can be larger (N3)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -164,24 +165,45 @@ class Store:
             data = data.translate(self.decode)
         return data
 
-    def data(self, bid: int, levels: int = 2) -> list[bytes]:
-        """A node's data blocks in order (one, or the leaves of an XBLOCK/XXBLOCK);
-        `levels` bounds the tree, so a block that lists itself cannot recurse."""
+    def data(self, bid: int) -> list[bytes]:
+        """A node's data blocks in order (one, or the leaves of an XBLOCK/XXBLOCK). N3: a
+        data tree lists each block once, and all of them hold no more than the file, so
+        a small crafted file cannot ask for terabytes by naming one block many times."""
         if not bid & 2:
             return [self.block(bid)]
+        out: list[bytes] = []
+        self._tree(bid, 2, out, set(), [0])
+        return out
+
+    def _tree(self, bid: int, levels: int, out: list[bytes], seen: set[int], total: list[int]) -> None:
         raw = self.block(bid)
         kind, level, count = raw[0], raw[1], struct.unpack_from("<H", raw, 2)[0]
         if kind != XBLOCK or level not in (1, 2) or level > levels or 8 + 8 * count > len(raw):
             raise ItemError(f"block 0x{bid:x} is not a data tree")
-        out: list[bytes] = []
+        if struct.unpack_from("<I", raw, 4)[0] > self.size:
+            raise ItemError(f"data tree 0x{bid:x} says it holds more than the file")
         for child in struct.unpack_from(f"<{count}Q", raw, 8):
-            out.extend(self.data(child, 1) if level == 2 else [self.block(child)])
-        return out
+            if child & ~1 in seen:
+                raise ItemError(f"data tree 0x{bid:x} lists block 0x{child:x} twice")
+            seen.add(child & ~1)
+            if level == 2:
+                self._tree(child, 1, out, seen, total)
+                continue
+            block = self.block(child)
+            total[0] += len(block)
+            if total[0] > self.size:
+                raise ItemError(f"data tree 0x{bid:x} holds more than the file")
+            out.append(block)
 
-    def subnodes(self, bid: int, levels: int = 1) -> dict[int, tuple[int, int]]:
-        """nid -> (data BID, subnode BID) for a node's subnode tree (SIBLOCK over SLBLOCKs)."""
+    def subnodes(self, bid: int, levels: int = 1, seen: set[int] | None = None) -> dict[int, tuple[int, int]]:
+        """nid -> (data BID, subnode BID) for a node's subnode tree (SIBLOCK over SLBLOCKs);
+        each block of the tree read once (N3)."""
         if not bid:
             return {}
+        seen = set() if seen is None else seen
+        if bid & ~1 in seen:
+            raise ItemError(f"subnode tree lists block 0x{bid:x} twice")
+        seen.add(bid & ~1)
         raw = self.block(bid)
         kind, level, count = raw[0], raw[1], struct.unpack_from("<H", raw, 2)[0]
         if kind != SUBNODE or level not in (0, 1) or level > levels:
@@ -192,7 +214,7 @@ class Store:
                 found[nid & 0xFFFFFFFF] = (data, sub)
         else:
             for _, child in struct.iter_unpack("<QQ", raw[8:8 + 16 * count]):
-                found.update(self.subnodes(child, 0))
+                found.update(self.subnodes(child, 0, seen))
         return found
 
     # -- LTP --------------------------------------------------------------------------
@@ -275,12 +297,17 @@ class _Heap:
         if header[0] != 0xB5:
             raise ItemError("BTH header expected")
         key_size, data_size, levels, root = header[1], header[2], header[3], struct.unpack_from("<I", header, 4)[0]
+        if not key_size or not data_size or levels > 8:
+            raise ItemError("BTH header is malformed")
         out: list[tuple[bytes, bytes]] = []
         if root:
-            self._records(root, levels, key_size, data_size, out)
+            self._records(root, levels, key_size, data_size, out, set())
         return out
 
-    def _records(self, hid: int, level: int, key_size: int, data_size: int, out: list) -> None:
+    def _records(self, hid: int, level: int, key_size: int, data_size: int, out: list, seen: set[int]) -> None:
+        if hid in seen:  # N3: each node of the tree once
+            raise ItemError(f"BTH node 0x{hid:x} is reached twice")
+        seen.add(hid)
         node = self.get(hid)
         if level == 0:
             width = key_size + data_size
@@ -288,4 +315,4 @@ class _Heap:
             return
         width = key_size + 4
         for i in range(0, len(node), width):
-            self._records(struct.unpack_from("<I", node, i + key_size)[0], level - 1, key_size, data_size, out)
+            self._records(struct.unpack_from("<I", node, i + key_size)[0], level - 1, key_size, data_size, out, seen)

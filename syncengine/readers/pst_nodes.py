@@ -24,7 +24,7 @@ NID_TYPE_MESSAGE = 0x04
 OTHER_TYPES = {0x01, 0x02, 0x03}   # internal (store object, name map), folders, search folders
 LEAF = struct.Struct("<QQQII")      # nid (8), bidData, bidSub, nidParent, padding
 INDEX = struct.Struct("<QQQ")       # key, bid, ib
-MAX_DEPTH = 16                      # a real node B-tree of any size is under 6 levels
+MAX_DEPTH = 8                       # a real node B-tree of any size is under 6 levels
 
 
 class NodeTreeError(Exception):
@@ -47,7 +47,9 @@ class Nodes:
 
 
 def read(path: Path) -> Nodes | None:
-    """Every node the index needs, or None for a format not read here."""
+    """Every node the index needs, or None for a format not read here. The walk has
+    budgets a crafted file cannot get round (N3): no page is read twice, each child is
+    exactly one level below its parent, and no more pages than the file holds."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
         header = os.pread(fd, 564, 0)
@@ -57,7 +59,7 @@ def read(path: Path) -> Nodes | None:
             return None
         nbt_ib = struct.unpack_from("<Q", header, 224)[0]
         nodes = Nodes(array("Q"), array("Q"), array("q"), array("Q"), array("Q"), {})
-        _walk(fd, nbt_ib, 0, nodes)
+        _walk(fd, nbt_ib, None, nodes, set(), os.fstat(fd).st_size // PAGE)
         return nodes
     finally:
         os.close(fd)
@@ -69,15 +71,20 @@ def version(data: int, sub: int, parent: int) -> int:
     return (data * 0x9E3779B97F4A7C15 ^ sub * 0xC2B2AE3D27D4EB4F ^ parent) & 0x7FFFFFFFFFFFFFFF
 
 
-def _walk(fd: int, ib: int, depth: int, nodes: Nodes) -> None:
-    if depth > MAX_DEPTH:
-        raise NodeTreeError("node B-tree deeper than any real store's: a loop")
+def _walk(fd: int, ib: int, expected: int | None, nodes: Nodes, seen: set[int], pages: int) -> None:
+    if ib in seen:
+        raise NodeTreeError(f"node B-tree page at offset {ib} is reached twice: a crafted or broken tree")
+    if len(seen) >= pages:
+        raise NodeTreeError("node B-tree has more pages than the file can hold")
+    seen.add(ib)
     page = os.pread(fd, PAGE, ib)
     if len(page) < PAGE or page[496] != PTYPE_NBT or page[497] != PTYPE_NBT:
         raise NodeTreeError(f"no node B-tree page at offset {ib}")
     if zlib.crc32(page[:496], 0xFFFFFFFF) ^ 0xFFFFFFFF != struct.unpack_from("<I", page, 500)[0]:
         raise NodeTreeError(f"node B-tree page at offset {ib} fails its CRC")
     count, _, size, level = page[488], page[489], page[490], page[491]
+    if level > MAX_DEPTH or (expected is not None and level != expected):
+        raise NodeTreeError(f"node B-tree page at offset {ib} has level {level} where {expected} belongs")
     if level == 0:
         if size != LEAF.size or count > 488 // LEAF.size:
             raise NodeTreeError(f"node B-tree leaf at offset {ib} is malformed")
@@ -95,4 +102,4 @@ def _walk(fd: int, ib: int, depth: int, nodes: Nodes) -> None:
     if size != INDEX.size or count > 488 // INDEX.size:
         raise NodeTreeError(f"node B-tree page at offset {ib} is malformed")
     for _, _, child in INDEX.iter_unpack(page[:count * INDEX.size]):
-        _walk(fd, child, depth + 1, nodes)
+        _walk(fd, child, level - 1, nodes, seen, pages)

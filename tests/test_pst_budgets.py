@@ -1,0 +1,131 @@
+"""A PST reader that no crafted file can hang (issue 22, N3): the files are built here from
+a real PST the writer makes, with valid CRCs and levels, and read through `index` (the
+node-id reader, then pypff) in a real process: one clean error, in bounded time and
+memory. And export-pst's temporary file is the user's own, created exclusively."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncengine.pst import ndb
+from syncengine.pst.writer import Attachment, Message, PstWriter
+from syncengine.readers import pst_items, pst_nodes
+
+from .conftest import run_cli
+
+ALICE = "alice@acme.example"
+
+
+def _pst(path: Path, attachment: bytes = b"") -> Path:
+    with PstWriter(path) as pst:
+        for n in range(5):
+            pst.add("Inbox", Message(subject=f"m{n}", sender="a@example.org", to=[ALICE], message_id=f"<m{n}@x>",
+                                     submit_time=1_700_000_000 + n, body="hi",
+                                     attachments=[Attachment("big.bin", attachment)] if attachment and n == 0 else []))
+    return path
+
+
+def _headers_fixed(data: bytearray) -> bytes:
+    struct.pack_into("<Q", data, 184, len(data))  # ibFileEof
+    struct.pack_into("<I", data, 4, ndb.crc(bytes(data[8:8 + 471])))
+    struct.pack_into("<I", data, 524, ndb.crc(bytes(data[8:8 + 516])))
+    return bytes(data)
+
+
+def _page_listed_many_times(tmp_path: Path) -> Path:
+    """13 KB-class: above the real root, index pages each listing the page below 20 times,
+    up to the depth the format allows (the old walk: 20^6 leaf visits, memory rising)."""
+    data = bytearray(_pst(tmp_path / "base.pst").read_bytes())
+    below, level = struct.unpack_from("<Q", data, 224)[0], data[struct.unpack_from("<Q", data, 224)[0] + 491]
+    for level in range(level + 1, level + 7):
+        body = bytearray(496)
+        for i in range(20):
+            struct.pack_into("<QQQ", body, i * 24, 0x21 + i, 0x1000 + level, below)
+        body[488:492] = bytes([20, 20, 24, level])
+        below = len(data)
+        data += bytes(body) + ndb.PAGE_TRAILER.pack(0x81, 0x81, 0, ndb.crc(bytes(body)), 0x1000 + level)
+    struct.pack_into("<QQ", data, 216, 0x1000 + level, below)
+    crafted = tmp_path / "crafted.pst"
+    crafted.write_bytes(_headers_fixed(data))
+    return crafted
+
+
+def _run_limited(*args: str) -> subprocess.CompletedProcess:
+    """A real process under a 1 GB address-space limit: a runaway allocation fails, and the
+    timeout bounds the time (a hang fails the test instead of the machine)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    return subprocess.run([sys.executable, "-m", "syncengine", *args], capture_output=True, text=True,
+                          timeout=60, preexec_fn=limit)
+
+
+def test_n3_a_node_btree_page_listed_many_times_is_one_error_not_a_hang(tmp_path):
+    crafted = _page_listed_many_times(tmp_path)
+    with pytest.raises(pst_nodes.NodeTreeError, match="reached twice"):
+        pst_nodes.read(crafted)
+    result = _run_limited("index", str(crafted), "--db", str(tmp_path / "store.db"), "--mailbox", ALICE, "--json")
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["status"] == "error" and report["errors"][0]["reason"]
+
+
+def test_n3_a_data_tree_naming_one_block_thousands_of_times_is_one_error(tmp_path):
+    """An XXBLOCK that names the same XBLOCK in every entry, each of whose entries would
+    name the same block: terabytes asked of a small file. The budget stops it at once."""
+    path = _pst(tmp_path / "big.pst", attachment=os.urandom(9 << 20))  # 9 MB: an XXBLOCK over XBLOCKs
+    nodes = pst_nodes.read(path)
+    store = pst_items.Store(path)
+    try:
+        def trees(sub: int):  # every data tree under a subnode tree, depth first
+            for data, inner in store.subnodes(sub).values():
+                yield data
+                if inner:
+                    yield from trees(inner)
+        attachment_bid = next(bid for sub in nodes.subs for bid in trees(sub)
+                              if bid & 2 and store.block(bid)[1] == 2)  # an XXBLOCK: level 2
+        ib, size = store._locate(attachment_bid)
+    finally:
+        store.close()
+    data = bytearray(path.read_bytes())
+    count = struct.unpack_from("<H", data, ib + 2)[0]
+    one = struct.unpack_from("<Q", data, ib + 8)[0]
+    for i in range(count):  # every entry the same XBLOCK
+        struct.pack_into("<Q", data, ib + 8 + 8 * i, one)
+    trailer = ib + ((size + ndb.TRAILER.size + 63) // 64 * 64) - ndb.TRAILER.size
+    cb, sig, _, bid = ndb.TRAILER.unpack_from(data, trailer)
+    ndb.TRAILER.pack_into(data, trailer, cb, sig, ndb.crc(bytes(data[ib:ib + size])), bid)
+    path.write_bytes(bytes(data))
+    store = pst_items.Store(path)
+    try:
+        with pytest.raises(pst_items.ItemError, match="twice"):
+            store.data(attachment_bid)
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="planting a file as another user needs root")
+def test_export_pst_never_writes_into_a_partial_file_another_user_planted(tmp_path):
+    replay = tmp_path / "replay.db"
+    from .conftest import FIXTURES
+    run_cli("replay", str(FIXTURES / "scenarios" / "demo"), "--db", str(replay), "-q", check=True)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)  # a shared, non-sticky folder
+    planted = shared / ".out.pst.partial"
+    planted.write_bytes(b"")
+    os.chmod(planted, 0o666)
+    os.chown(planted, 65534, 65534)
+    result = run_cli("export-pst", "--db", str(replay), "--event", "outage", str(shared / "out.pst"))
+    assert result.returncode == 0, result.stderr
+    assert planted.read_bytes() == b""  # the other user's file got nothing of the user's mail
+    out = shared / "out.pst"
+    info = out.stat()
+    assert info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o600 and out.read_bytes().startswith(b"!BDN")
