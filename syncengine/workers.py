@@ -33,6 +33,11 @@ def _start(parent: int, initializer: Callable | None, initargs: tuple) -> None:
         initializer(*initargs)
 
 
+def die_with_parent() -> None:
+    """For a child process started otherwise (multiprocessing.Process): end with its parent."""
+    _die_with(os.getppid())
+
+
 def _die_with(parent: int) -> None:
     if sys.platform.startswith("linux"):
         try:

@@ -129,3 +129,17 @@ def test_export_pst_never_writes_into_a_partial_file_another_user_planted(tmp_pa
     out = shared / "out.pst"
     info = out.stat()
     assert info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o600 and out.read_bytes().startswith(b"!BDN")
+
+
+def test_n3_libpff_that_makes_no_progress_is_stopped_by_the_watchdog_and_named(tmp_path, monkeypatch):
+    """libpff reads in a watched child: here it waits forever on a FIFO where a store should
+    be (the index never hands it one; a crafted store could hang libpff the same way)."""
+    from syncengine.readers import pst
+    from syncengine.record import SourceResult
+
+    fifo = tmp_path / "store.pst"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(pst, "PYPFF_STALL_SECONDS", 2.0)
+    result = SourceResult()
+    assert list(pst.read_pypff(fifo, result)) == []
+    assert result.fatal and "libpff read nothing more for 2 s: stopped" in result.errors[0].reason

@@ -14,6 +14,8 @@ continuity.md: the store's entry ids, then the Inbox's and root's, then names.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import struct
 from array import array
@@ -23,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pypff
+
+try:
+    import resource  # POSIX: the child's memory limit
+except ImportError:
+    resource = None
 
 from .. import folders, headers, normalise
 from .. import workers as workers_mod
@@ -178,8 +185,86 @@ def _read_worker(indexes: array) -> tuple[list[Record], list[ReadError]]:
     return records, result.errors
 
 
+# libpff is C: a crafted or broken store could make it spin or allocate without end. Its
+# reads run in a child process with an address-space limit, watched: no record for this
+# long (plus a little per GB of file, for opening a large store) and it is stopped.
+PYPFF_STALL_SECONDS = 120.0
+PYPFF_STALL_PER_GB = 60.0
+PYPFF_BATCH = 200
+
+
 def read_pypff(path: Path, result: SourceResult) -> Iterator[Record]:
-    """`read` through libpff: any PST/OST format libpff knows."""
+    """`read` through libpff: any PST/OST format libpff knows, in a watched child process
+    (time without progress, memory); what it read before a stop is kept, and the stop is
+    this store's recorded error (N3), never a hang or the whole machine's memory."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        result.fatal = True
+        result.errors.append(ReadError(str(path), f"cannot read: {exc.strerror or exc}"))
+        return
+    context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_pypff_child, args=(path, sending, min(16 << 30, max(1 << 30, 4 * size))),
+                            daemon=True)
+    child.start()
+    sending.close()
+    stall = PYPFF_STALL_SECONDS + PYPFF_STALL_PER_GB * size / (1 << 30)
+    read = 0
+    try:
+        while True:
+            if not receiving.poll(stall):
+                result.fatal = read == 0
+                result.errors.append(ReadError(str(path), f"libpff read nothing more for {stall:.0f} s: stopped "
+                                                          "(a broken or crafted store)"))
+                return
+            try:
+                kind, payload = receiving.recv()
+            except (EOFError, OSError):
+                result.fatal = read == 0
+                result.errors.append(ReadError(str(path), "libpff stopped before the end of the store "
+                                                          f"(exit {child.exitcode}; out of memory?)"))
+                return
+            if kind == "records":
+                read += len(payload)
+                yield from payload
+                continue
+            errors, fatal, skipped = payload
+            result.errors.extend(errors)
+            result.fatal = result.fatal or fatal
+            result.skipped = skipped
+            return
+    finally:
+        receiving.close()
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+
+
+def _pypff_child(path: Path, sending, memory: int) -> None:
+    """The child's side of read_pypff: records in batches, then (errors, fatal, skipped)."""
+    workers_mod.die_with_parent()
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    except (ValueError, OSError, AttributeError):
+        pass  # no such limit here (Windows): the stall watchdog still stands
+    result = SourceResult()
+    batch: list[Record] = []
+    try:
+        for record in _read_pypff(path, result):
+            batch.append(record)
+            if len(batch) >= PYPFF_BATCH:
+                sending.send(("records", batch))
+                batch = []
+    except MemoryError:
+        result.errors.append(ReadError(str(path), f"libpff needed more than {memory >> 20} MB: stopped"))
+    if batch:
+        sending.send(("records", batch))
+    sending.send(("done", (result.errors, result.fatal, result.skipped)))
+    sending.close()
+
+
+def _read_pypff(path: Path, result: SourceResult) -> Iterator[Record]:
     try:
         store = open_store(path)
     except StoreError as exc:
