@@ -12,8 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import engine, formats, logs, normalise, replay as replaying, store
-from . import index as indexing
+from . import formats, logs, normalise, store
 from .files import printable
 
 EXIT_OK = 0
@@ -106,6 +105,7 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
       syncengine index ~/exports/alice.pst --db alice.db --mailbox alice@acme.example
       syncengine index ~/exports/alice-msg/ --db alice.db --mailbox alice@acme.example --json
     """
+    from . import index as indexing
     try:
         mailbox = normalise.mailbox(mailbox)
     except ValueError as exc:
@@ -158,6 +158,7 @@ def forget(export: Path, db: Path) -> None:
     waiting-for-index (C19): the engine will not decide for a mailbox whose index it
     knows is missing a part. When the export will not come back, forget it.
     """
+    from . import index as indexing
     database = open_store(db, create=False)
     try:
         dropped = indexing.forget(database, export)
@@ -224,6 +225,7 @@ class _Progress:
         return self
 
     def start(self, tasks: list) -> None:
+        from . import index as indexing
         if self._bar is not None:
             self._task = self._bar.add_task("indexing", total=indexing.count_messages(tasks))
 
@@ -243,6 +245,7 @@ class _Progress:
 
 
 def _now() -> float:
+    from . import engine
     return engine.wall_clock()
 
 
@@ -282,6 +285,9 @@ def replay(scenario: Path, deltas_file: Path | None, db: Path | None, quiet: boo
 
 
 def _run_replay(scenario: Path, deltas_file: Path | None, db: Path | None, quiet: bool, pace: float) -> None:
+    from . import engine
+    from . import replay as replaying
+
     def say(text: str) -> None:
         text = printable(text)
         if text.startswith(("error:", "warning:", "partial:")):
@@ -372,6 +378,7 @@ def snapshot_add(path: Path, db: Path) -> None:
     than 200 is rejected whole and the others still apply. Entry content is copied
     into the store so clients can read it after the snapshot folder is gone.
     """
+    from . import engine
     forwarded = _via_daemon(db, {"command": "snapshot_add", "path": str(path.absolute())})
     if forwarded is not None:
         result = engine.SnapshotResult(**forwarded)
@@ -399,6 +406,7 @@ def directory() -> None:
 @DB_OPTION
 def directory_add(path: Path, db: Path) -> None:
     """Record a successful directory sync; from now on it is the one in force (C16)."""
+    from . import engine
     counts = _via_daemon(db, {"command": "directory_add", "path": str(path.absolute())})
     if counts is None:
         try:
@@ -433,6 +441,7 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
     index (C19): nothing is decided for it until they have read, then it is
     reconciled. `syncengine status` names what it waits for.
     """
+    from . import engine
     forwarded = _via_daemon(db, {"command": "event_start", "event": name, "mailboxes": list(mailboxes),
                                  "expand_distribution_lists": expand_distribution_lists,
                                  "no_local_mail": list(no_local_mail)})
@@ -455,6 +464,7 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
 @DB_OPTION
 def event_end(name: str, db: Path) -> None:
     """End event NAME now; duplicates are watched for during the post-event window (C14)."""
+    from . import engine
     if _via_daemon(db, {"command": "event_end", "event": name}) is None:
         try:
             engine.end_event(open_store(db), name, _now())
@@ -467,6 +477,7 @@ def event_end(name: str, db: Path) -> None:
 @DB_OPTION
 def sync(db: Path) -> None:
     """One poll now, of every open event: what the daemon does each minute (C8)."""
+    from . import engine
     forwarded = _via_daemon(db, {"command": "sync"})
     if forwarded is not None:
         click.echo(f"{forwarded['deltas']} deltas")
@@ -478,6 +489,7 @@ def sync(db: Path) -> None:
 
 
 def _warn_waiting(database, event: str | None = None) -> None:
+    from . import engine
     for item in engine.waiting(database.conn):
         if event is None or item["event"] == event:
             click.echo(printable(f"warning: {_waiting_line(item)}"), err=True)
@@ -496,6 +508,7 @@ def _waiting_line(item: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line (formats.md, \"Delta log\").")
 def deltas(db: Path, since: int, as_json: bool) -> None:
     """The delta log, in seq order."""
+    from . import engine
     database = open_store(db, create=False)
     for delta in engine.deltas(database, since):
         if as_json:
@@ -525,6 +538,7 @@ def _load_config(config: Path):
 def status(db: Path | None, config: Path | None, as_json: bool) -> None:
     """Events, their phase and counts, mailboxes waiting for their index, stale exports,
     the last errors, and whether a daemon runs on the store (--db or --config)."""
+    from . import engine
     if (db is None) == (config is None):
         _fail("give the store (--db FILE) or the daemon's config (--config FILE)", 2)
     if config is not None:
@@ -733,6 +747,7 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
     import signal
     import threading
 
+    from . import engine
     from . import locks
     from .mimecast import poller
 
@@ -782,6 +797,7 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
 def mimecast_directory(config: Path, db: Path) -> None:
     """Fetch the configured groups' members (nested groups followed) into directory_file,
     written atomically in the directory format, and apply it as a directory sync."""
+    from . import engine
     from .mimecast import api as api_mod
     from .mimecast import poller
 

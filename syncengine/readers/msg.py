@@ -14,9 +14,6 @@ import struct
 from datetime import datetime
 from pathlib import Path
 
-import extract_msg
-from extract_msg.constants import ps
-
 from .. import headers, normalise
 from ..record import Record
 from . import mapi
@@ -34,6 +31,8 @@ class MsgError(Exception):
 
 
 def read(path: Path, locator: str, folder: str, role: str) -> Record:
+    import extract_msg  # 130 ms to import: paid by the first MSG read, not by every command's start
+
     try:
         msg = extract_msg.MSGFile(str(path), delayAttachments=True)
     except Exception as exc:  # olefile and extract-msg raise many types for broken files
@@ -119,6 +118,8 @@ def _named_delivery(msg) -> str | None:
     names = msg.getStream("__nameid_version1.0/__substg1.0_00040102")
     if not names or _DELIVERY_UTF16 not in names.lower():
         return None
+    from extract_msg.constants import ps
+
     for name in ("X-Syncengine-Delivery", DELIVERY_HEADER):
         value = msg.namedProperties.get((name, ps.PS_INTERNET_HEADERS))
         if value:
