@@ -20,8 +20,10 @@ EXIT_STORE = 1
 EXIT_SOME_FAILED = 3
 EXIT_REFUSED = 4
 
-DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
-                         help="The store (a SQLite file; created if missing).")
+DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+                         help="The store, a SQLite file (default: the config's `db`). It must exist.")
+NEW_DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+                             help="The store, a SQLite file (default: the config's `db`); created if missing.")
 
 
 class _Commands(click.Group):
@@ -43,15 +45,82 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The config every command reads (store, mailboxes, exports, endpoint). Default: "
+                   "$SYNCENGINE_CONFIG, else syncengine.toml in your config folder; `syncengine config` "
+                   "shows which.")
 @click.version_option(package_name="syncengine")
-def cli() -> None:
+def cli(config_file: Path | None) -> None:
     """syncengine: keep a mailbox whole through an Exchange outage.
 
     It indexes a user's mailbox exports, decides what Mimecast continuity must
     deliver, purge, send or defer, and tells plugin clients about each decision.
-    Every command works on one SQLite store (--db), a plain file you can browse
-    with `sqlite-utils` or datasette.
+    Every command works on one SQLite store, a plain file you can browse with
+    `sqlite-utils` or datasette.
+
+    One config serves every command, as notmuch's and mbsync's do: `syncengine init`
+    writes it (in your config folder unless you say where), the daemon runs from it,
+    and the other commands take the store, the mailboxes and the endpoint from it.
+    --db and --mailbox on a command override it, for scripts.
+
+    \b
+    Getting started:
+      syncengine init --mailbox alice@acme.example --export ~/exports/alice.pst
+      syncengine index              # the exports the config names
+      syncengine daemon             # watch, poll, serve clients
+      syncengine status
     """
+
+
+def _located(given: Path | None = None):
+    """The config a command reads: its own --config, the root's, $SYNCENGINE_CONFIG, the default."""
+    from . import userconfig
+
+    return userconfig.locate(given or click.get_current_context().find_root().params.get("config_file"))
+
+
+def _settings(given: Path | None = None, required: bool = False):
+    """The config, loaded (once per command); None when there is none and none was named."""
+    located = _located(given)
+    cache = click.get_current_context().find_root().meta
+    if located.path not in cache.setdefault("syncengine.configs", {}):
+        if not located.chosen and not located.path.exists():
+            if required:
+                _fail(f"no config: {located.path} does not exist. Write one with `syncengine init`, or name one "
+                      "with --config FILE (or $SYNCENGINE_CONFIG)", 2)
+            return None
+        cache["syncengine.configs"][located.path] = _load_config(located.path)
+    return cache["syncengine.configs"][located.path]
+
+
+def _db(db: Path | None, config: Path | None = None) -> Path:
+    """--db, else the store of the config (the command's own --config, if it has one)."""
+    if db is not None:
+        return db
+    settings = _settings(config)
+    if settings is None:
+        _fail(f"which store? Give --db FILE, or write a config (`syncengine init`; looked for "
+              f"{_located(config).path})", 2)
+    return settings.db
+
+
+def _mailboxes(given: tuple[str, ...], what: str = "--mailbox") -> list[str]:
+    """The mailboxes named, else those the config names."""
+    if given:
+        return list(given)
+    settings = _settings()
+    if settings is None:
+        _fail(f"which mailbox? Give {what} ADDRESS, or write a config that names it (`syncengine init`)", 2)
+    return list(settings.mailboxes)
+
+
+def _one_mailbox(given: str | None) -> str:
+    if given:
+        return given
+    configured = _mailboxes(())
+    if len(configured) != 1:
+        _fail(f"which mailbox? The config names {len(configured)} ({', '.join(configured)}): give --mailbox", 2)
+    return configured[0]
 
 
 def open_store(db: Path, create: bool = True):
@@ -63,17 +132,17 @@ def open_store(db: Path, create: bool = True):
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The store to index into (created if missing).")
-@click.option("--mailbox", required=True, help="The address of the mailbox these exports belong to.")
+@NEW_DB_OPTION
+@click.option("--mailbox", help="The address of the mailbox these exports belong to (default: the config's, "
+                                "when it names one).")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object a line per source file, then a {\"summary\": ...} line.")
+              help="One JSON object a line per source file, then a {\"summary\": ...} line per mailbox.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes parsing MSG/EML files and stores of 20,000 messages or more (default: one per core).")
 @click.option("--no-local-mail", is_flag=True,
               help="Instead of PATHS: declare that MAILBOX has no local mail at all (a new employee, a "
                    "web-only user), so an event delivers every entry to it.")
-def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, workers: int | None,
+def index(paths: tuple[Path, ...], db: Path | None, mailbox: str | None, as_json: bool, workers: int | None,
           no_local_mail: bool) -> None:
     """Index mailbox exports into the store, incrementally.
 
@@ -100,23 +169,58 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
       2  wrong usage
       3  some files failed or were read only in part; the rest were indexed
 
+    Without PATHS it indexes every export the config names, for each of its
+    mailboxes (with --mailbox, that mailbox's), and declares the mailboxes it says
+    have no local mail.
+
     \b
     Examples:
+      syncengine index                      # what the config names
       syncengine index ~/exports/alice.pst --db alice.db --mailbox alice@acme.example
       syncengine index ~/exports/alice-msg/ --db alice.db --mailbox alice@acme.example --json
     """
-    from . import index as indexing
+    if no_local_mail and paths:
+        _fail("name the exports to index (PATHS), or declare --no-local-mail, not both", 2)
+    db = _db(db)
+    if paths or no_local_mail:
+        plan = [(_address(_one_mailbox(mailbox)), list(paths), no_local_mail)]
+    else:
+        settings = _settings(required=True)
+        chosen = [_address(mailbox)] if mailbox else list(settings.mailboxes)
+        unknown = [m for m in chosen if m not in settings.mailboxes]
+        if unknown:
+            _fail(f"{unknown[0]}: not a mailbox of {settings.file} (it names {', '.join(settings.mailboxes)})", 2)
+        plan = [(m, settings.mailboxes[m], m in settings.no_local_mail) for m in chosen]
+        if not any(exports or declared for _, exports, declared in plan):
+            _fail(f"{settings.file} names no exports to index", 2)
+    failed = False
+    for address, exports, declared in plan:
+        if declared:
+            _declare_no_local_mail(db, address)
+        if exports:
+            failed |= _index_exports(db, address, exports, as_json, workers)
+    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _address(text: str) -> str:
     try:
-        mailbox = normalise.mailbox(mailbox)
+        return normalise.mailbox(text)
     except ValueError as exc:
         _fail(f"--mailbox: {exc}", 2)
-    if no_local_mail == bool(paths):
-        _fail("name the exports to index (PATHS), or declare --no-local-mail, not both", 2)
-    if no_local_mail:
-        if _via_daemon(db, {"command": "index", "mailbox": mailbox, "no_local_mail": [mailbox]}) is None:
-            indexing.declare_no_local_mail(open_store(db), mailbox, _now())
-        click.echo(f"{mailbox}: declared to have no local mail; an event delivers every entry to it")
-        return
+
+
+def _declare_no_local_mail(db: Path, mailbox: str) -> None:
+    from . import index as indexing
+
+    if _via_daemon(db, {"command": "index", "mailbox": mailbox, "no_local_mail": [mailbox]}) is None:
+        indexing.declare_no_local_mail(open_store(db), mailbox, _now())
+    click.echo(f"{mailbox}: declared to have no local mail; an event delivers every entry to it")
+
+
+def _index_exports(db: Path, mailbox: str, paths: list[Path], as_json: bool, workers: int | None) -> bool:
+    """Index `paths` for `mailbox`, reporting each file that is not ok and a summary;
+    True when some failed or were read only in part."""
+    from . import index as indexing
 
     def on_file(report: dict) -> None:
         if as_json:
@@ -145,13 +249,13 @@ def index(paths: tuple[Path, ...], db: Path, mailbox: str, as_json: bool, worker
         click.echo(f"Indexed {summary.files} files for {mailbox}: {summary.ok} ok, "
                    f"{summary.partial} partial, {summary.error} failed, {summary.unchanged} unchanged, "
                    f"{summary.removed} removed; {summary.messages} messages in {summary.seconds:.2f}s.")
-    sys.exit(EXIT_SOME_FAILED if summary.partial or summary.error else EXIT_OK)
+    return bool(summary.partial or summary.error)
 
 
 @cli.command()
 @click.argument("export", type=click.Path(path_type=Path))
 @DB_OPTION
-def forget(export: Path, db: Path) -> None:
+def forget(export: Path, db: Path | None) -> None:
     """Drop an export that is gone for good, with everything indexed from it.
 
     An export that disappears (a PST deleted, a folder unmounted) keeps its mailbox
@@ -159,6 +263,7 @@ def forget(export: Path, db: Path) -> None:
     knows is missing a part. When the export will not come back, forget it.
     """
     from . import index as indexing
+    db = _db(db)
     database = open_store(db, create=False)
     try:
         dropped = indexing.forget(database, export)
@@ -172,7 +277,7 @@ def forget(export: Path, db: Path) -> None:
 @click.option("--event", required=True, help="The event whose deliveries to export (its name).")
 @click.option("--mailbox", help="The mailbox to export; needed only when the event delivered to several.")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def export_pst(db: Path, event: str, mailbox: str | None, out: Path) -> None:
+def export_pst(db: Path | None, event: str, mailbox: str | None, out: Path) -> None:
     """Write the messages continuity delivered in EVENT as a PST file, OUT.
 
     Outlook imports it (File > Open & Export > Import/Export > "Import from another
@@ -191,6 +296,7 @@ def export_pst(db: Path, event: str, mailbox: str | None, out: Path) -> None:
     """
     from .pst import export
 
+    db = _db(db)
     database = open_store(db, create=False)
     if out.exists() and not out.is_file():
         _fail(f"{out} exists and is not a file")
@@ -370,8 +476,8 @@ def snapshot() -> None:
 
 @snapshot.command("add")
 @click.argument("path", type=click.Path(path_type=Path))
-@DB_OPTION
-def snapshot_add(path: Path, db: Path) -> None:
+@NEW_DB_OPTION
+def snapshot_add(path: Path, db: Path | None) -> None:
     """Make a snapshot (a folder of pages, or one .json page) visible now.
 
     Each page is validated; a page with errors, a non-empty fail[] or a status other
@@ -379,6 +485,7 @@ def snapshot_add(path: Path, db: Path) -> None:
     into the store so clients can read it after the snapshot folder is gone.
     """
     from . import engine
+    db = _db(db)
     forwarded = _via_daemon(db, {"command": "snapshot_add", "path": str(path.absolute())})
     if forwarded is not None:
         result = engine.SnapshotResult(**forwarded)
@@ -403,10 +510,11 @@ def directory() -> None:
 
 @directory.command("add")
 @click.argument("path", type=click.Path(path_type=Path))
-@DB_OPTION
-def directory_add(path: Path, db: Path) -> None:
+@NEW_DB_OPTION
+def directory_add(path: Path, db: Path | None) -> None:
     """Record a successful directory sync; from now on it is the one in force (C16)."""
     from . import engine
+    db = _db(db)
     counts = _via_daemon(db, {"command": "directory_add", "path": str(path.absolute())})
     if counts is None:
         try:
@@ -424,14 +532,15 @@ def event() -> None:
 
 @event.command("start")
 @click.argument("name")
-@click.option("--mailbox", "mailboxes", multiple=True, required=True, help="A covered mailbox (repeatable).")
+@click.option("--mailbox", "mailboxes", multiple=True,
+              help="A covered mailbox (repeatable; default: every mailbox of the config).")
 @click.option("--expand-distribution-lists", is_flag=True, help="Deliver list mail to members (C16).")
 @click.option("--no-local-mail", "no_local_mail", multiple=True, metavar="ADDRESS",
               help="A covered mailbox that has no local mail at all (a new employee, a web-only user): "
                    "every entry is new to it (repeatable).")
-@DB_OPTION
+@NEW_DB_OPTION
 def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists: bool,
-                no_local_mail: tuple[str, ...], db: Path) -> None:
+                no_local_mail: tuple[str, ...], db: Path | None) -> None:
     """Start event NAME now and reconcile its mailboxes (C3).
 
     Every entry visible so far is matched against the index; what is not in the
@@ -442,6 +551,11 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
     reconciled. `syncengine status` names what it waits for.
     """
     from . import engine
+    db = _db(db)
+    mailboxes = tuple(_mailboxes(mailboxes))
+    settings = _settings()
+    if settings is not None:  # what the config declares holds for a command as for the daemon (C19)
+        no_local_mail += tuple(m for m in mailboxes if m in settings.no_local_mail)
     forwarded = _via_daemon(db, {"command": "event_start", "event": name, "mailboxes": list(mailboxes),
                                  "expand_distribution_lists": expand_distribution_lists,
                                  "no_local_mail": list(no_local_mail)})
@@ -462,22 +576,24 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
 @event.command("end")
 @click.argument("name")
 @DB_OPTION
-def event_end(name: str, db: Path) -> None:
+def event_end(name: str, db: Path | None) -> None:
     """End event NAME now; duplicates are watched for during the post-event window (C14)."""
     from . import engine
+    db = _db(db)
     if _via_daemon(db, {"command": "event_end", "event": name}) is None:
         try:
-            engine.end_event(open_store(db), name, _now())
+            engine.end_event(open_store(db, create=False), name, _now())
         except engine.EngineError as exc:
             _fail(str(exc))
     click.echo(f"event {name} ending")
 
 
 @cli.command()
-@DB_OPTION
-def sync(db: Path) -> None:
+@NEW_DB_OPTION
+def sync(db: Path | None) -> None:
     """One poll now, of every open event: what the daemon does each minute (C8)."""
     from . import engine
+    db = _db(db)
     forwarded = _via_daemon(db, {"command": "sync"})
     if forwarded is not None:
         click.echo(f"{forwarded['deltas']} deltas")
@@ -499,16 +615,18 @@ def _waiting_line(item: dict) -> str:
     if item["export"] is None:
         return f"{item['mailbox']} is waiting for its index: {item['why']}"
     return (f"{item['mailbox']} is waiting for its index ({item['export']}: {item['why']}); nothing is decided "
-            "for it until `syncengine index` (or the daemon) has read it (C19)")
+            "for it until `syncengine index` (or the daemon) has read it (C19). If that path is wrong or gone "
+            f"for good: syncengine forget {item['export']}")
 
 
 @cli.command()
 @DB_OPTION
 @click.option("--since", type=click.IntRange(0), default=0, help="Only deltas with a greater seq.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line (formats.md, \"Delta log\").")
-def deltas(db: Path, since: int, as_json: bool) -> None:
+def deltas(db: Path | None, since: int, as_json: bool) -> None:
     """The delta log, in seq order."""
     from . import engine
+    db = _db(db)
     database = open_store(db, create=False)
     for delta in engine.deltas(database, since):
         if as_json:
@@ -519,8 +637,8 @@ def deltas(db: Path, since: int, as_json: bool) -> None:
                        f"[{printable(delta['source'])}] {delta['reason']}")
 
 
-CONFIG_OPTION = click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
-                             help="The daemon's config (TOML); its `db` is the store.")
+CONFIG_OPTION = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                             help="The config (as `syncengine --config FILE`); its `db` is the store.")
 
 
 def _load_config(config: Path):
@@ -537,12 +655,10 @@ def _load_config(config: Path):
 @click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
 def status(db: Path | None, config: Path | None, as_json: bool) -> None:
     """Events, their phase and counts, mailboxes waiting for their index, stale exports,
-    the last errors, and whether a daemon runs on the store (--db or --config)."""
+    the last errors, and whether a daemon runs on the store (--db, else the config's)."""
     from . import engine
-    if (db is None) == (config is None):
-        _fail("give the store (--db FILE) or the daemon's config (--config FILE)", 2)
-    if config is not None:
-        db = _load_config(config).db
+    if db is None:
+        db = _settings(config, required=True).db
     database = open_store(db, create=False)
     info = engine.status(database)
     info["daemon"] = _daemon_holder(db)
@@ -631,35 +747,109 @@ def _daemon_holder(db: Path) -> str | None:
     return locks.holder(Path(f"{db}.d") / "daemon.lock")
 
 
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
+def config_command(as_json: bool) -> None:
+    """Show the config every command reads: which file and why, each value with its
+    paths resolved and whether the file set it or it is the default, and whether each
+    export exists.
+
+    The file is the one --config names, else $SYNCENGINE_CONFIG, else syncengine.toml
+    in your config folder; --db and --mailbox on a command override what it says.
+    """
+    import tomllib
+
+    from . import endpoints as endpoints_mod
+
+    located = _located()
+    if not located.path.exists():
+        _fail(f"no config: {located.path} ({located.source}) does not exist; write one with `syncengine init`",
+              EXIT_STORE)
+    settings = _settings(required=True)
+    given = tomllib.loads(located.path.read_text(encoding="utf-8"))
+    values = {key: {"value": str(getattr(settings, key)) if isinstance(getattr(settings, key), Path)
+                    else getattr(settings, key), "from": "file" if key in given else "default"}
+              for key in ("db", "snapshot_folder", "directory_file", "poll_interval", "post_event_window",
+                          "calendar_items", "rescan_interval")}
+    served = endpoints_mod.for_store(settings.db, settings.endpoint)
+    values["notify.endpoint"] = {"value": served.router,
+                                 "from": "file" if "endpoint" in given.get("notify", {}) else "default"}
+    if settings.keys is not None:
+        values["notify.keys"] = {"value": str(settings.keys), "from": "file"}
+    mailboxes = {address: {"no_local_mail": address in settings.no_local_mail,
+                           "exports": [{"path": str(p), "exists": p.exists()} for p in exports]}
+                 for address, exports in settings.mailboxes.items()}
+    report = {"file": str(located.path.absolute()), "from": located.source, "values": values,
+              "mailboxes": mailboxes, "events": [e.name for e in settings.events],
+              "mimecast": settings.mimecast is not None}
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(printable(f"config {report['file']} (from {located.source})"))
+    for key, item in values.items():
+        shown = item["value"] if isinstance(item["value"], str) else json.dumps(item["value"])
+        click.echo(printable(f"  {key} = {shown}  ({item['from']})"))
+    for address, box in mailboxes.items():
+        click.echo(printable(f"  mailbox {address}" + (": no local mail" if box["no_local_mail"] else "")))
+        for export in box["exports"]:
+            click.echo(printable(f"    export {export['path']}" + ("" if export["exists"] else "  (missing)")))
+    for name in report["events"]:
+        click.echo(printable(f"  event {name} (scheduled)"))
+    click.echo(f"  mimecast: {'polled by the daemon' if report['mimecast'] else 'not configured'}")
+
+
 @cli.command()
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the config.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Where to write the config (default: as for every command; see `syncengine config`).")
 @click.option("--mailbox", "address", help="The mailbox's address (default: $USER@localhost, to edit).")
-@click.option("--export", "exports", multiple=True, help="An export of the mailbox (repeatable).")
-def init(config: Path, address: str | None, exports: tuple[str, ...]) -> None:
-    """Write a commented starter config for the daemon, then exit.
+@click.option("--export", "exports", multiple=True, type=click.Path(path_type=Path),
+              help="An export of the mailbox (repeatable), relative to the current folder as you type it.")
+def init(config: Path | None, address: str | None, exports: tuple[Path, ...]) -> None:
+    """Write a commented starter config, then exit.
 
     It names the store, the snapshot drop folder, the directory file, one mailbox and its
-    exports, and the notification endpoint; edit it, then run `syncengine daemon --config
-    FILE`. An existing file is never overwritten.
+    exports, and the notification endpoint. Paths in it are relative to the config's
+    own folder (an export elsewhere is written absolute), so every command and the
+    daemon find the same files from any folder. An existing file is never overwritten.
+
+    \b
+    Examples:
+      syncengine init --mailbox alice@acme.example --export ~/exports/alice.pst
+      syncengine init --config ~/work/continuity.toml --export exports/alice.ost
     """
+    from . import userconfig
     from .daemon import config as config_mod
-    if config.exists():
-        _fail(f"{config}: already exists; not overwritten", 2)
+
+    located = _located(config)
+    path = located.path
+    if path.exists():
+        _fail(f"{path}: already exists; not overwritten (see it with `syncengine config`)", 2)
     address = address or f"{os.environ.get('USER', 'me')}@localhost"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(config_mod.starter(config, address, list(exports) or ["mail"]), encoding="utf-8")
-    (config.parent / "snapshots").mkdir(exist_ok=True)
-    click.echo(f"wrote {config}: edit the mailbox and its exports, then: syncengine daemon --config {config}")
+    placed = [userconfig.place(e, path) for e in exports]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    named = f" --config {path}" if located.source == "--config" else ""
+    data = path.parent
+    if located.source == "default":  # the store and drop folder are data, not config (XDG)
+        import platformdirs
+        data = platformdirs.user_data_path("syncengine")
+    path.write_text(config_mod.starter(address, placed or ["mail"], named,
+                                       "" if data == path.parent else str(data)), encoding="utf-8")
+    (data / "snapshots").mkdir(parents=True, exist_ok=True)
+    for typed, written in zip(exports, placed):
+        if not typed.expanduser().exists():
+            click.echo(f"note: {typed} does not exist (yet); the config names it as {written}", err=True)
+    click.echo(f"wrote {path}: edit the mailbox and its exports if need be, then:\n"
+               f"  syncengine{named} index     # read the exports once\n"
+               f"  syncengine{named} daemon    # keep everything current")
 
 
 @cli.command()
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The daemon's config (TOML; `syncengine init` writes one).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The config (TOML; `syncengine init` writes one). Default: as for every command.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="One line per action; json for machines.")
 @click.option("--verbose", "-v", is_flag=True, help="Also log each client connection and refusal.")
-def daemon(config: Path, log_format: str, verbose: bool) -> None:
+def daemon(config: Path | None, log_format: str, verbose: bool) -> None:
     """Run the workstation daemon in the foreground until SIGTERM or Ctrl-C.
 
     It watches every mailbox export and the snapshot drop folder, keeps the index
@@ -682,7 +872,7 @@ def daemon(config: Path, log_format: str, verbose: bool) -> None:
 
     from .daemon import config as config_mod
 
-    settings = _load_config(config)
+    settings = _settings(config, required=True)
     try:
         config_mod.check_trust(settings)
     except config_mod.ConfigError as exc:
@@ -705,22 +895,22 @@ def mimecast() -> None:
     """Fetch snapshots and directory syncs from Mimecast's API."""
 
 
-def _mimecast(config: Path):
+def _mimecast(config: Path | None):
     from .mimecast import api as api_mod
     from .mimecast import config as config_mod
     try:
-        settings = config_mod.load(config)
+        settings = config_mod.load(_located(config).path)
     except config_mod.ConfigError as exc:
         _fail(str(exc), 2)
     return settings, api_mod.Api(settings)
 
 
 @mimecast.command("poll")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A TOML file with a [mimecast] table (a daemon config will do).")
-@DB_OPTION
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="A TOML file with a [mimecast] table (default: the config every command reads).")
+@NEW_DB_OPTION
 @click.option("--once", is_flag=True, help="One pass, then exit.")
-def mimecast_poll(config: Path, db: Path, once: bool) -> None:
+def mimecast_poll(config: Path | None, db: Path | None, once: bool) -> None:
     """Fetch what Mimecast archived for each mailbox since the last pass.
 
     Each pass lists each mailbox's messages by receipt time (the first pass looks back
@@ -751,6 +941,7 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
     from . import locks
     from .mimecast import poller
 
+    db = _db(db, config)
     logs.configure(level=logging.INFO, stamped=False)
     settings, api = _mimecast(config)
     database = open_store(db)
@@ -791,16 +982,17 @@ def mimecast_poll(config: Path, db: Path, once: bool) -> None:
 
 
 @mimecast.command("directory")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="A TOML file with a [mimecast] table.")
-@DB_OPTION
-def mimecast_directory(config: Path, db: Path) -> None:
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="A TOML file with a [mimecast] table (default: the config every command reads).")
+@NEW_DB_OPTION
+def mimecast_directory(config: Path | None, db: Path | None) -> None:
     """Fetch the configured groups' members (nested groups followed) into directory_file,
     written atomically in the directory format, and apply it as a directory sync."""
     from . import engine
     from .mimecast import api as api_mod
     from .mimecast import poller
 
+    db = _db(db, config)
     settings, api = _mimecast(config)
     now = engine.wall_clock()
     try:
@@ -814,7 +1006,30 @@ def mimecast_directory(config: Path, db: Path) -> None:
 
 ENDPOINT_OPTION = click.option(
     "--endpoint", help="ROUTER endpoint (the PUB is beside it: ipc PATH.pub, or tcp PORT+1). "
-                       "Default: ipc sockets in the store's folder. tcp:// needs CURVE keys.")
+                       "Default: the config's [notify] endpoint, else ipc sockets in the store's folder. "
+                       "tcp:// needs CURVE keys.")
+
+
+def _served(db: Path | None, endpoint: str | None, keys: Path | None) -> tuple[Path | None, str | None, Path | None]:
+    """(store, endpoint, keys folder) as given; with neither --db nor --endpoint, the
+    config's, whose endpoint and keys go with its store."""
+    if db is None and endpoint is None:
+        settings = _settings()
+        if settings is not None:
+            return settings.db, settings.endpoint, keys or settings.keys
+    return (_db(db) if endpoint is None else db), endpoint, keys
+
+
+def _serving(db: Path | None) -> str:
+    """What a client waits for, as its "nothing answers" notice names it."""
+    return (f"no daemon serves the store {db} (start `syncengine daemon`, or `syncengine serve --db {db}`)"
+            if db is not None else "no engine answers there")
+
+
+def _existing_store(db: Path) -> None:
+    """A client follows a store's server; a mistyped store would wait forever for none."""
+    if not db.exists():
+        _fail(f"{db}: no such store (check --db, or the config's `db`: `syncengine config`)", EXIT_STORE)
 
 
 @cli.command()
@@ -823,7 +1038,7 @@ ENDPOINT_OPTION = click.option(
 @click.option("--keys", type=click.Path(file_okay=False, path_type=Path),
               help="CURVE keys: DIR/server.key_secret and the allow-list DIR/clients/*.key.")
 @click.option("--verbose", "-v", is_flag=True, help="Log each refusal and reconnect.")
-def serve(db: Path, endpoint: str | None, keys: Path | None, verbose: bool) -> None:
+def serve(db: Path | None, endpoint: str | None, keys: Path | None, verbose: bool) -> None:
     """Publish the store's deltas to plugin clients until interrupted.
 
     Clients subscribe to `delta.<mailbox>` on the PUB socket and catch up over the
@@ -840,6 +1055,8 @@ def serve(db: Path, endpoint: str | None, keys: Path | None, verbose: bool) -> N
     from . import endpoints as endpoints_mod
     from . import notify
 
+    db, endpoint, keys = _served(db, endpoint, keys)
+    _existing_store(db)
     logs.configure(level=logging.INFO if verbose else logging.WARNING, stamped=False)
     try:
         server = notify.Server(db, endpoint, notify.Curve(keys) if keys else None)
@@ -855,31 +1072,39 @@ def serve(db: Path, endpoint: str | None, keys: Path | None, verbose: bool) -> N
 
 @cli.command()
 @DB_OPTION
-@click.option("--mailbox", "mailboxes", multiple=True, required=True, help="A mailbox to follow (repeatable).")
+@click.option("--mailbox", "mailboxes", multiple=True,
+              help="A mailbox to follow (repeatable; default: every mailbox of the config).")
 @click.option("--client", "client_id", help="Client id, `ADDRESS[/INSTANCE]` (default: the first mailbox).")
 @click.option("--since", type=click.IntRange(0), help="Start after this mailbox_seq (default: the last ack).")
 @click.option("--ack", is_flag=True, help="Acknowledge each delta once printed.")
 @ENDPOINT_OPTION
 @click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="This client's CURVE secret key file (for tcp).")
+              help="This client's CURVE secret key file (for tcp; default: the config's keys folder's "
+                   "clients/MAILBOX.key_secret).")
 @click.option("--server-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="The server's CURVE public key file (for tcp).")
+              help="The server's CURVE public key file (for tcp; default: the config's keys folder's server.key).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 @click.option("--verbose", "-v", is_flag=True, help="Log gaps and reconnects on stderr.")
-def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: int | None, ack: bool,
+def listen(db: Path | None, mailboxes: tuple[str, ...], client_id: str | None, since: int | None, ack: bool,
            endpoint: str | None, key_file: Path | None, server_key: Path | None, as_json: bool,
            verbose: bool) -> None:
     """Print each delta of MAILBOX as it arrives, catching up first; until interrupted.
 
     A reference client: it never misses a delta (gaps and a silent engine make it
-    catch up again) and never prints one twice.
+    catch up again) and never prints one twice. When no engine answers (no daemon
+    serves the store), it says so within seconds, naming the store and the socket,
+    and keeps trying.
     """
-
     from . import client as client_mod
     from . import endpoints as endpoints_mod
 
+    db, endpoint, keys = _served(db, endpoint, None)
+    mailboxes = tuple(_mailboxes(mailboxes))
+    if db is not None:
+        _existing_store(db)
     logs.configure(level=logging.INFO if verbose else logging.WARNING, stamped=False)
-
+    if keys is not None and not (key_file or server_key):
+        key_file, server_key = keys / "clients" / f"{mailboxes[0]}.key_secret", keys / "server.key"
     try:
         where = endpoints_mod.for_store(db, endpoint)
         curve = None
@@ -893,7 +1118,8 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
     except (endpoints_mod.EndpointError, OSError, ValueError) as exc:
         _fail(str(exc), 2)
     start = {m: since for m in mailboxes} if since is not None else None
-    listener = client_mod.Client(where, client_id or mailboxes[0], list(mailboxes), since=start, curve=curve)
+    listener = client_mod.Client(where, client_id or mailboxes[0], list(mailboxes), since=start, curve=curve,
+                                 serving=_serving(db))
     try:
         for delta in listener.deltas():
             if as_json:
@@ -913,16 +1139,18 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
 
 
 @cli.command("apply")
-@click.option("--mailbox", required=True, help="The mailbox whose deltas are applied.")
+@click.option("--mailbox", help="The mailbox whose deltas are applied (default: the config's, when it names one).")
 @click.option("--mailbox-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The mailbox as a folder tree (also configured as its export, so the index reads it back).")
 @click.option("--layout", type=click.Choice(["eml", "maildir"]), default="eml", show_default=True,
               help="eml: a folder per mailbox folder (what `index` reads); maildir: Maildir++.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-              help="Follow this store's notification server (ipc), as `listen --db` does.")
+              help="Follow this store's notification server, as `listen --db` does (default: the config's store "
+                   "and [notify] endpoint).")
 @ENDPOINT_OPTION
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="For tcp: the folder `keys generate` made (clients/ADDRESS.key_secret and server.key).")
+              help="For tcp: the folder `keys generate` made (clients/ADDRESS.key_secret and server.key; "
+                   "default: the config's keys).")
 @click.option("--smtp", help="HOST:PORT of the relay that sends Outbox items (send deltas).")
 @click.option("--starttls", is_flag=True, help="Upgrade the SMTP connection with STARTTLS.")
 @click.option("--ssl", "use_ssl", is_flag=True, help="SMTP over TLS from the start (port 465).")
@@ -936,7 +1164,7 @@ def listen(db: Path, mailboxes: tuple[str, ...], client_id: str | None, since: i
               help="List what was not sent to every recipient (partial, failed, still trying), with the relay's "
                    "answers, from the folder's journal; then exit.")
 @click.option("--verbose", "-v", is_flag=True, help="Log each delta as it is applied.")
-def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None, endpoint: str | None,
+def apply_command(mailbox: str | None, mailbox_dir: Path, layout: str, db: Path | None, endpoint: str | None,
                   keys_dir: Path | None, smtp: str | None, starttls: bool, use_ssl: bool, smtp_user: str | None,
                   smtp_password_file: Path | None, smtp_ca_file: Path | None, once: bool, show_status: bool,
                   verbose: bool) -> None:
@@ -980,17 +1208,18 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
     from .apply.mailbox import ApplyError, Layout, Smtp
 
     logs.configure(level=logging.INFO if verbose else logging.WARNING, stamped=False)
-    try:
-        mailbox = normalise.mailbox(mailbox)
-    except ValueError as exc:
-        _fail(f"--mailbox: {exc}", 2)
+    mailbox = _address(_one_mailbox(mailbox))
     if show_status:
         _apply_status(mailbox_dir, mailbox)
         return
-    if (db is None) == (endpoint is None):
-        _fail("follow a store (--db STORE) or an engine elsewhere (--endpoint URL --keys DIR)", 2)
+    if db is not None and endpoint is not None:
+        _fail("follow a store (--db STORE) or an engine elsewhere (--endpoint URL --keys DIR), not both", 2)
+    db, endpoint, keys = _served(db, endpoint, keys_dir)
+    keys_dir = keys_dir or keys
+    if db is not None:
+        _existing_store(db)
     try:
-        where = endpoints_mod.for_store(db, None) if db is not None else endpoints_mod.for_store(Path("."), endpoint)
+        where = endpoints_mod.for_store(db, endpoint)
         curve = None
         if where.is_tcp:
             if keys_dir is None:
@@ -1015,7 +1244,7 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
                       f"--smtp-password-file: {exc}", 2)
         relay = Smtp(host, int(port), "ssl" if use_ssl else "starttls" if starttls else "none", smtp_user, password,
                      smtp_ca_file)
-    listener = client_mod.Client(where, f"{mailbox}/apply", [mailbox], curve=curve)
+    listener = client_mod.Client(where, f"{mailbox}/apply", [mailbox], curve=curve, serving=_serving(db))
     try:
         applier = apply_mod.Applier(Layout(mailbox_dir, layout == "maildir"), relay,
                                     lambda d: listener.fetch_content(d["mailbox"], d["mailbox_seq"]),
@@ -1036,6 +1265,8 @@ def apply_command(mailbox: str, mailbox_dir: Path, layout: str, db: Path | None,
         applier.close()
     for line in report.lines():
         click.echo(printable(line))
+    if once and not listener.answered:
+        _fail(f"nothing answered on {where.router}: {_serving(db)}", EXIT_STORE)
 
 
 def _apply_status(mailbox_dir: Path, mailbox: str) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger("syncengine.client")
 _DECODE = msgspec.json.Decoder().decode  # several times json.loads' speed on the hot path
 DEAD_AFTER = 5.0       # seconds without a heartbeat
 HELLO_TIMEOUT = 5.0    # seconds without a reply to hello before saying it again
+SILENT_NOTICE = 3.0    # seconds of nothing at all from the start before saying so (a heartbeat comes every 1 s)
 
 
 class ClientError(Exception):
@@ -39,8 +40,10 @@ class ClientError(Exception):
 class Client:
     def __init__(self, endpoints: Endpoints, client: str, mailboxes: list[str],
                  since: dict[str, int] | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
-                 dead_after: float = DEAD_AFTER, context: zmq.Context | None = None):
-        """`curve` is (server public key, client public key, client secret key)."""
+                 dead_after: float = DEAD_AFTER, context: zmq.Context | None = None, serving: str | None = None):
+        """`curve` is (server public key, client public key, client secret key). `serving`
+        says what is missing when nothing answers (a WARNING after SILENT_NOTICE seconds:
+        a client that waits silently on a mistyped store looks hung)."""
         self.endpoints = endpoints
         self.client = client
         self.mailboxes = list(mailboxes)
@@ -56,6 +59,9 @@ class Client:
         self.store: str | None = None  # the engine's store id (caught_up), once known
         self._held: list[dict] = []    # a catch-up's deltas, handed over once caught_up names the store
         self._sub = self._dealer = None
+        self.serving = serving or "no engine answers there"
+        self._silent_since: float | None = time.monotonic()  # None once the engine has answered
+        self._noticed = False
         self._connect()
 
     # --- connection ---------------------------------------------------------------------------
@@ -126,6 +132,8 @@ class Client:
                 registered = (self._sub, self._dealer)
             ready = dict(poller.poll(100))
             handed = False
+            if ready and self._silent_since is not None:
+                self._answered()
             if self._dealer in ready:
                 for reply in drain(self._dealer):
                     for delta in self._on_reply(_DECODE(reply[0])):
@@ -141,6 +149,10 @@ class Client:
             now = time.monotonic()
             if handed:
                 idle_since = now
+            if not self._noticed and self._silent_since is not None and now - self._silent_since > SILENT_NOTICE:
+                self._noticed = True
+                log.warning("nothing answers on %s after %.0f s: %s; still trying", self.endpoints.router,
+                            now - self._silent_since, self.serving)
             if now - self._heard > self.dead_after:
                 log.info("no heartbeat for %.1fs: reconnecting", now - self._heard)
                 self.reconnect()
@@ -151,6 +163,16 @@ class Client:
             if tick is not None and now - ticked >= tick:
                 ticked = now
                 yield None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the engine has said anything since this client started."""
+        return self._silent_since is None
+
+    def _answered(self) -> None:
+        self._silent_since = None
+        if self._noticed:
+            log.warning("%s answers now", self.endpoints.router)
 
     def _accept(self, delta: dict, caught_up: bool = False) -> dict | None:
         """Hand over `delta` if it is the next one. A catch-up reply is contiguous from

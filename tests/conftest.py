@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ from syncengine import store
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 CORPUS = Path(os.environ.get("SYNCENGINE_CORPUS", ROOT.parent / "shared" / "corpus"))
+
+# Every command finds a default config (the user's config folder, $SYNCENGINE_CONFIG): the
+# suite must never read, or write, the config of whoever runs it.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="syncengine-test-config-")
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="syncengine-test-data-")
+os.environ.pop("SYNCENGINE_CONFIG", None)
 
 
 def corpus_rows() -> list[dict]:
@@ -38,10 +45,11 @@ def db(tmp_path):
     database.conn.close()
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """The real console entry point in a real process."""
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real console entry point in a real process (`env`: variables added to ours)."""
     result = subprocess.run([sys.executable, "-m", "syncengine", *args], capture_output=True, text=True,
-                            cwd=cwd, timeout=300)
+                            cwd=cwd, timeout=300, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result

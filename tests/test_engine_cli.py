@@ -42,8 +42,15 @@ def test_event_lifecycle_from_the_command_line(tmp_path):
 
 
 def test_ending_an_unknown_event_is_refused(tmp_path):
+    store.connect(_db(tmp_path)).conn.close()
     result = run_cli("event", "end", "nope", "--db", _db(tmp_path))
     assert result.returncode == 4 and "no event 'nope'" in result.stderr
+
+
+def test_ending_an_event_in_a_mistyped_store_creates_no_store(tmp_path):
+    result = run_cli("event", "end", "nope", "--db", _db(tmp_path))
+    assert result.returncode == 1 and "no such store" in result.stderr
+    assert not os.path.exists(_db(tmp_path))
 
 
 def test_rejected_pages_are_shown_and_the_others_apply(tmp_path):

@@ -491,6 +491,7 @@ def test_n3_key_folders_that_are_missing_or_impossible_get_one_clear_line(tmp_pa
     made = run_cli("keys", "generate", str(tmp_path / "file" / "keys"))
     assert made.returncode == 1 and "cannot write keys" in made.stderr and "Traceback" not in made.stderr
     port = free_port_pair()
+    store.connect(tmp_path / "s.db").conn.close()
     served = run_cli("serve", "--db", str(tmp_path / "s.db"), "--endpoint", f"tcp://127.0.0.1:{port}",
                      "--keys", str(tmp_path / "nokeys"))
     assert served.returncode == 1 and "no such keys folder" in served.stderr and "Traceback" not in served.stderr

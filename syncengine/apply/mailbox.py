@@ -10,7 +10,6 @@ delta names.
 
 from __future__ import annotations
 
-import os
 import re
 import smtplib
 import ssl

@@ -3,6 +3,7 @@ refused naming the key and the reason), paths relative to the config file."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,12 +158,14 @@ def load(path: Path) -> Settings:
 
 
 STARTER = '''\
-# syncengine daemon config (TOML). Paths are relative to this file.
-# Run it:  syncengine daemon --config {name}
+# syncengine config (TOML): every command reads it (`syncengine config` shows how it resolves).
+# Paths are relative to this file's folder.
+# Run:  syncengine{option} index     (read the exports once)
+#       syncengine{option} daemon    (keep everything current; docs/daemon.md has a systemd unit)
 
-db = "store.db"                      # the store: one SQLite file (owner-only)
-snapshot_folder = "snapshots"        # drop folder: each snapshot folder or .json file dropped here is applied once
-directory_file = "directory.json"    # directory sync, re-read when it changes (missing: no directory yet)
+db = {db}                      # the store: one SQLite file (owner-only)
+snapshot_folder = {snapshots}        # drop folder: each snapshot folder or .json file dropped here is applied once
+directory_file = {directory}    # directory sync, re-read when it changes (missing: no directory yet)
 poll_interval = 60                   # seconds between polls of a running event (C8)
 post_event_window = 600              # seconds Exchange copies are watched for after an event ends (C14)
 calendar_items = true                # deliver calendar items (Outlook 2013 and later)
@@ -170,13 +173,14 @@ rescan_interval = 600                # seconds between full rescans, for changes
 
 [[mailbox]]
 address = "{address}"
-exports = [{exports}]                # PST/OST files and folder trees of .msg/.eml files
+# PST/OST files and folder trees of .msg/.eml files:
+exports = [{exports}]
 # no_local_mail = true               # instead of exports, for a mailbox with no local mail at all
                                      # (a new employee, a web-only user): every entry is new to it.
                                      # A mailbox with neither waits for its index in any event (C19).
 
 [notify]
-endpoint = "ipc"                     # the store's own sockets (syncengine listen --db store.db finds them)
+endpoint = "ipc"                     # the store's own sockets (`syncengine listen` finds them)
 # endpoint = "tcp://0.0.0.0:5560"    # for clients on other machines; needs CURVE keys:
 # keys = "keys"                      #   syncengine keys generate keys; ... --client ADDRESS
 
@@ -189,6 +193,11 @@ endpoint = "ipc"                     # the store's own sockets (syncengine liste
 '''
 
 
-def starter(path: Path, address: str, exports: list[str]) -> str:
-    quoted = ", ".join(f'"{e}"' for e in exports)
-    return STARTER.format(name=path.name, address=address, exports=quoted)
+def starter(address: str, exports: list[str], option: str = "", data: str = "") -> str:
+    """The starter config; `option` is how commands must name it (empty at the default
+    place), `data` the folder for the store and drop folder (empty: beside the config)."""
+    def quoted(name: str) -> str:  # a TOML basic string is a JSON string
+        return json.dumps(f"{data}/{name}" if data else name)
+
+    return STARTER.format(option=option, address=address, exports=", ".join(json.dumps(e) for e in exports),
+                          db=quoted("store.db"), snapshots=quoted("snapshots"), directory=quoted("directory.json"))

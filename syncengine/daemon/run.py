@@ -128,8 +128,9 @@ Task = Callable[[], None]
 def _declare(conn, settings: Settings) -> None:
     """C19: coverage is declared. Every configured export belongs to its mailbox before its
     first read, and a mailbox with none waits unless the config says it has no local mail.
-    An export the store knows that the config no longer names still counts: forgetting it
-    is the user's word (`syncengine forget`), never a config edit's."""
+    An export the store has read that the config no longer names still counts: forgetting
+    it is the user's word (`syncengine forget`), never a config edit's. One that never read
+    holds no mail, only the wait for it: it goes with the config's word."""
     now = engine.wall_clock()
     configured = set()
     for address, exports in settings.mailboxes.items():
@@ -137,8 +138,15 @@ def _declare(conn, settings: Settings) -> None:
         paths = [index.text(p) for p in exports]
         coverage.declare_exports(conn, address, paths, now)
         configured.update(paths)
-    for path, mailbox in conn.execute("SELECT path, mailbox FROM exports ORDER BY path"):
-        if path not in configured:
+    for path, mailbox, good_at in conn.execute("SELECT path, mailbox, good_at FROM exports ORDER BY path").fetchall():
+        if path in configured:
+            continue
+        if good_at is None and conn.execute("SELECT 1 FROM sources WHERE root = ?", (path,)).fetchone() is None:
+            # never read, so nothing of it counts: a path typed wrong and since fixed in the config
+            coverage.forget(conn, path)
+            log.info("%s was never read and the config no longer names it: %s no longer waits for it",
+                     path, mailbox)
+        else:
             log.warning("%s is indexed for %s but not in the config; its mail still counts. If it is gone for "
                         "good: syncengine forget %s --db %s", path, mailbox, path, settings.db)
 
