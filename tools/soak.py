@@ -356,8 +356,14 @@ class World:
                 "--layout", LAYOUT[mailbox], "--smtp", f"127.0.0.1:{self.relay.port}", "-v"]
 
     def start(self, name: str) -> None:
-        self.expected_stop.discard(name)
+        """Start `name` unless it runs (two kill/start pairs of the plan can overlap). The
+        new process replaces the dead one before the watcher may count a death again, so
+        the killed one is never taken for a death nobody injected."""
+        current = self.procs.get(name)
+        if current is not None and current.popen.poll() is None:
+            return
         self.procs[name] = Proc(*self.command(name))
+        self.expected_stop.discard(name)
         if name == "daemon":
             self.procs[name].wait_for(lambda p: any("daemon started" in line for line in p.err)
                                       or p.popen.poll() is not None, what="the daemon's start")
