@@ -446,6 +446,9 @@ def _print_phases(outcome) -> None:
         click.echo(f"event {item['event']} ({when}):")
         for mailbox, counts in item["report"].items():
             click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for kept in item["kept"]:
+            click.echo(printable(f"  not purged: {kept['message_id'] or kept['subject']} in {kept['folder']} "
+                                 f"({kept['mailbox']}): {kept['reason']}"))
 
 
 def _expectation(item: dict) -> str:
@@ -657,11 +660,15 @@ def status(db: Path | None, config: Path | None, as_json: bool) -> None:
     """Events, their phase and counts, mailboxes waiting for their index, stale exports,
     the last errors, and whether a daemon runs on the store (--db, else the config's)."""
     from . import engine
-    if db is None:
-        db = _settings(config, required=True).db
+    settings = _settings(config, required=True) if db is None or config is not None else None
+    db = db or settings.db
     database = open_store(db, create=False)
     info = engine.status(database)
     info["daemon"] = _daemon_holder(db)
+    info["indexing"] = _indexing(db) if info["daemon"] else None
+    info["missing_exports"] = [{"mailbox": address, "export": str(path)} for address, exports in
+                               (settings.mailboxes.items() if settings else ()) for path in exports
+                               if not path.exists()]
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
@@ -672,6 +679,15 @@ def status(db: Path | None, config: Path | None, as_json: bool) -> None:
                    + (f", ended {item['ended']}" if item["ended"] else ""))
         for mailbox, counts in item["report"].items():
             click.echo(f"  {mailbox}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for kept in item["kept"]:
+            click.echo(printable(f"  not purged: {kept['message_id'] or kept['subject']} in {kept['folder']} "
+                                 f"({kept['mailbox']}): {kept['reason']}"))
+    if info["indexing"]:
+        click.echo(printable(f"indexing {info['indexing']['mailbox']}: {info['indexing']['read']} message(s) read "
+                             f"since {info['indexing']['since']}"))
+    for item in info["missing_exports"]:
+        click.echo(printable(f"missing export: {item['export']} ({item['mailbox']}), named in the config but not "
+                             "there"))
     for item in info["waiting"]:
         click.echo(printable(f"waiting for index: {item['mailbox']} in {item['event']}: "
                              + (f"{item['export']}: {item['why']}" if item["export"] else item["why"])))
@@ -739,6 +755,14 @@ def _via_daemon(db: Path, request: dict, idempotent: bool = False) -> dict | Non
     if reply.get("op") == "error":
         _fail(reply.get("reason", "refused by the daemon"))
     return reply["result"]
+
+
+def _indexing(db: Path) -> dict | None:
+    """How far the daemon's running index has got (it writes this beside the store)."""
+    try:
+        return json.loads((Path(f"{db}.d") / "indexing.json").read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 def _daemon_holder(db: Path) -> str | None:

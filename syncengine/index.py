@@ -305,6 +305,7 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
     for rep in writer.write_files(files, progress, workers):
         report(rep)
     writer.record_exports([e for e in exports if e.path not in refused])
+    writer.settle_moves()
     collect_garbage(db.conn)
     db.conn.execute("DELETE FROM temp.gone")  # moves are matched within one run
     summary.seconds = round(time.monotonic() - started, 3)
@@ -425,6 +426,25 @@ class Writer:
                     self.conn.execute("DELETE FROM store_folders WHERE source_id = ?", row)
                     dropped += 1
         return dropped
+
+    def settle_moves(self) -> None:
+        """A message file kept while an event covers the mailbox (vanish) whose every
+        message is now read from another file of the mailbox was moved, not lost (the
+        apply client filing a sent item, the user dragging mail): nothing needs keeping,
+        and `status` must not call it stale. Its locations already lent their seen_at and
+        baseline to the new ones (merge). A PST/OST is never settled so: one that is
+        missing is most likely held open, and comes back whole."""
+        with transaction(self.conn):
+            moved = [r[0] for r in self.conn.execute(
+                "SELECT s.id FROM sources s WHERE s.mailbox = ? AND s.missing_since IS NOT NULL AND s.kind != 'pst'"
+                " AND NOT EXISTS (SELECT 1 FROM locations l WHERE l.source_id = s.id AND NOT EXISTS ("
+                "   SELECT 1 FROM locations o JOIN sources p ON p.id = o.source_id"
+                "   WHERE o.message = l.message AND o.mailbox = l.mailbox AND p.missing_since IS NULL))",
+                (self.mailbox,))]
+            for source_id in moved:
+                for table, column in (("locations", "source_id"), ("store_items", "source_id"),
+                                      ("store_folders", "source_id"), ("sources", "id")):
+                    self.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (source_id,))
 
     def declare(self, paths: list[Path]) -> None:
         """C19: the exports belong to this mailbox before their first read, so a decision

@@ -22,13 +22,21 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line: the time, level, logger and message, and the fields the
+    call gave as `extra` (event, mailbox, path, counts, next_poll, ...), so a machine
+    reads what happened without parsing the sentence."""
+
     def format(self, record: logging.LogRecord) -> str:
         line = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        line.update((key, value) for key, value in vars(record).items() if key not in _STANDARD)
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=True)
+        return json.dumps(line, ensure_ascii=True, default=str)
 
 
 def configure(log_format: str = "text", level: int = logging.INFO, stamped: bool = True) -> None:

@@ -170,3 +170,20 @@ def decide_outbox(item: OutboxIn, sent_items: list[LocalIn], calendar_items: boo
 def purge_match(local: Msg, deliveries: list[Msg]) -> bool:
     """C12/C14 under N2: a certain C4 match with something continuity delivered."""
     return any(certain_match(local, delivered) for delivered in deliveries)
+
+
+def not_purged_because(local: Msg, deliveries: list[Msg]) -> str:
+    """Why a copy with the Message-ID of a delivery is no certain duplicate (N2), in words
+    a user can act on; only for a copy purge_match refused."""
+    same = [d for d in deliveries if d.message_id == local.message_id]
+    if same and all(d.resent_key != local.resent_key for d in same):
+        return "a resent copy, not the delivered message (C7)"
+    same = [d for d in same if d.resent_key == local.resent_key]
+    if any(d.submit_ts is None for d in same):
+        return "N2: the delivered entry has no submit time (no headerDate), so no copy is a certain duplicate"
+    if local.submit_ts is None:
+        return "N2: the copy has no submit time (no Date header), so it is no certain duplicate"
+    apart = min(abs(local.submit_ts - d.submit_ts) for d in same) if same else None
+    if apart is not None:
+        return f"N2: submit times {apart} s apart, more than the {C4_WINDOW} s a certain duplicate allows"
+    return "N2: no delivery matches it with certainty"

@@ -235,3 +235,25 @@ def test_tls_to_the_relay_with_its_ca_and_a_refused_certificate_names_the_host(t
     finally:
         server.stop()
     assert len(relay.transactions) == 1 and relay.transactions[0][1] == ["bob@example.org"]
+
+
+def test_a_sent_item_filed_by_apply_is_a_move_and_leaves_no_stale_warning(tmp_path, relays):
+    """The Outbox file apply moves into Sent Items is the same message, moved: the next
+    index run keeps nothing "missing" for it (status stays clean while the event runs)
+    and the engine neither sends nor delivers it again."""
+    relay = relays()
+    mail, db = _setup(tmp_path, {"memo.eml": _item("memo", ["bob@example.org"])})
+    server = serve(db)
+    try:
+        assert "sent 1" in _apply(mail, db, relay).stdout
+    finally:
+        server.stop()
+    assert not (mail / "Outbox" / "memo.eml").exists()
+    database = store.connect(db)
+    index.run(database, [mail], ALICE)
+    assert engine.status(database)["stale"] == []
+    folders = database.execute("SELECT l.folder FROM locations l JOIN messages m ON m.id = l.message"
+                               " WHERE m.message_id LIKE '%memo@acme.example%'").fetchall()
+    assert folders == [("Sent Items",)]
+    assert engine.poll(database, engine.wall_clock()) == []
+    database.conn.close()

@@ -15,6 +15,7 @@ State is only SQLite: a kill -9 at any moment, then a restart, resumes from the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -159,6 +160,7 @@ class Daemon:
         self.writes: queue.Queue[Task | None] = queue.Queue()
         self.indexing: queue.Queue[tuple[str, list[Path]] | None] = queue.Queue()
         self._queued_polls: set[str] = set()
+        self._waiting: set[tuple] = set()  # (event, mailbox, export) said to wait for the index
         self._applied: set[Path] = set()  # drop-folder entries known to be in the store
         self._lock = self._take_lock()
         db = store.connect(settings.db)  # the writer opens its own: connections stay in their thread
@@ -201,7 +203,9 @@ class Daemon:
         observer = self._watch()
         log.info("daemon started: store %s, %d mailbox(es), polls every %d s, notify %s",
                  self.settings.db, len(self.settings.mailboxes), self.settings.poll_interval,
-                 self.server.endpoints.router)
+                 self.server.endpoints.router,
+                 extra={"store": str(self.settings.db), "mailboxes": list(self.settings.mailboxes),
+                        "poll_interval": self.settings.poll_interval, "endpoint": self.server.endpoints.router})
         try:
             self._schedule()
         finally:
@@ -427,15 +431,37 @@ class Daemon:
     def _poll(self, name: str) -> None:
         self._queued_polls.discard(name)
         now = engine.wall_clock()
-        due = engine.due_events(self.db, now)
-        if name not in due:
+        event = next((e for e in engine.open_events(self.db.conn) if e.name == name), None)
+        if event is None or now < event.next_poll():
             return
+        closing = event.phase == "ending" and now >= event.closes_at
         written = engine.poll(self.db, now, [name])
+        event.last_poll = now
         if written:
-            log.info("poll of %s: %d delta(s) written", name, len(written))
+            log.info("poll of %s: %d delta(s) written; next poll at %s", name, len(written),
+                     normalise.iso(event.next_poll()),
+                     extra={"event": name, "deltas": len(written), "next_poll": normalise.iso(event.next_poll())})
+        if closing:
+            log.info("event %s closed: its post-event window is over; `syncengine status` has its report", name,
+                     extra={"event": name, "phase": "closed"})
         self._published(written)
-        for item in engine.waiting(self.db.conn):
-            log.warning("%s waits for its index: %s: %s", item["mailbox"], item["export"], item["why"])
+        self._say_waiting()
+
+    def _say_waiting(self) -> None:
+        """Each mailbox's wait for its index (C19), once when it starts and once when it ends,
+        not at every poll."""
+        now_waiting = {(i["event"], i["mailbox"], i["export"]): i for i in engine.waiting(self.db.conn)}
+        for key in now_waiting.keys() - self._waiting:
+            item = now_waiting[key]
+            log.warning("%s waits for its index: %s: %s%s", item["mailbox"], item["export"], item["why"],
+                        f"; if that path is wrong or gone for good: syncengine forget {item['export']}"
+                        if item["export"] else "",
+                        extra={"event": item["event"], "mailbox": item["mailbox"], "export": item["export"],
+                               "why": item["why"]})
+        for event, mailbox, export in self._waiting - now_waiting.keys():
+            log.info("%s no longer waits for %s in %s", mailbox, export or "its index", event,
+                     extra={"event": event, "mailbox": mailbox, "export": export})
+        self._waiting = set(now_waiting)
 
     def _snapshot(self, path: Path) -> None:
         """A snapshot folder or page, applied once whoever sees it first; one the Mimecast
@@ -452,11 +478,16 @@ class Daemon:
         self._applied.add(path)  # the rescan need not ask again (the writer adds, the scheduler reads)
         if result is None:
             return  # applied before, by us or by whoever saw it first
-        log.info("applied snapshot %s: %d entries in %d page(s)", path, result.entries, result.pages)
         for file, reason in result.rejected:
-            log.error("rejected page %s: %s", file, reason)
+            log.error("rejected page %s: %s", file, reason, extra={"path": str(file), "reason": reason})
         for file, reason in result.warnings:
-            log.warning("%s: %s", file, reason)
+            log.warning("%s: %s", file, reason, extra={"path": str(file), "reason": reason})
+        due = [e.next_poll() for e in engine.open_events(self.db.conn)]
+        then = f"; decided at the next poll, {normalise.iso(min(due))}" if due and result.entries else ""
+        log.info("applied snapshot %s: %d entries in %d page(s)%s%s", path, result.entries, result.pages,
+                 f", {len(result.rejected)} page(s) rejected" if result.rejected else "", then,
+                 extra={"path": str(path), "entries": result.entries, "pages": result.pages,
+                        "rejected": len(result.rejected), "next_poll": normalise.iso(min(due)) if due else None})
 
     def _directory(self) -> None:
         path = self.settings.directory_file
@@ -478,7 +509,9 @@ class Daemon:
         except engine.EngineError as exc:
             log.error("event %s not started: %s", name, exc)
             return {"op": "error", "reason": str(exc), "request": "start_event"}
-        log.info("event %s started for %s: reconcile wrote %d delta(s)", name, ", ".join(mailboxes), len(written))
+        log.info("event %s started for %s: reconcile wrote %d delta(s)", name, ", ".join(mailboxes), len(written),
+                 extra={"event": name, "mailboxes": mailboxes, "deltas": len(written), "phase": "active"})
+        self._say_waiting()
         self._published(written)
         return {"op": "event_started", "event": name, "deltas": len(written)}
 
@@ -488,7 +521,8 @@ class Daemon:
         except engine.EngineError as exc:
             log.error("event %s not ended: %s", name, exc)
             return {"op": "error", "reason": str(exc), "request": "end_event"}
-        log.info("event %s ending: watching for Exchange copies for %d s", name, self.settings.post_event_window)
+        log.info("event %s ending: watching for Exchange copies for %d s", name, self.settings.post_event_window,
+                 extra={"event": name, "phase": "ending", "window_s": self.settings.post_event_window})
         return {"op": "event_ending", "event": name}
 
     def _forward(self, request: protocol.Request, identity: bytes) -> None:
@@ -531,7 +565,10 @@ class Daemon:
                 return {"op": "done", "result": {"applied": len(request.paths)}}
             if request.command == "sync":
                 written = engine.poll(self.db, now)
+                log.info("sync from the command line: %d delta(s) written", len(written),
+                         extra={"command": "sync", "deltas": len(written)})
                 self._published(written)
+                self._say_waiting()
                 return {"op": "done", "result": {"deltas": len(written)}}
             if request.command == "event_start":
                 reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists,
@@ -636,6 +673,19 @@ class Daemon:
             replier.close()
             db.conn.close()
 
+    def _progress(self, address: str, read: int | None, started: float) -> None:
+        """How far a running index has got, for `syncengine status` (None: done). A file
+        beside the store, not a row in it: the writer is busy with that very index."""
+        where = Path(f"{self.settings.db}.d") / "indexing.json"
+        try:
+            if read is None:
+                where.unlink(missing_ok=True)
+            else:
+                files.write_durable(where, json.dumps({"mailbox": address, "read": read,
+                                                       "since": normalise.iso(started)}).encode())
+        except OSError as exc:  # progress is a courtesy; a full disk must not stop the index
+            log.debug("%s: %s", where, exc)
+
     def _admin_index(self, db, request: protocol.Admin) -> dict:
         reports: list[dict] = []
         if request.no_local_mail:
@@ -646,14 +696,16 @@ class Daemon:
                                 on_file=lambda r: reports.append(r.as_json()))
         except ValueError as exc:
             return {"op": "error", "reason": f"--mailbox: {exc}"}
+        log.info("index of %s from the command line: %d file(s), %d message(s), %d failed", request.mailbox,
+                 summary.files, summary.messages, summary.error,
+                 extra={"command": "index", "mailbox": request.mailbox, "files": summary.files,
+                        "messages": summary.messages, "failed": summary.error})
         return {"op": "done", "result": {"reports": reports, **summary.as_json()}}
 
     def _index(self, db, address: str, exports: list[Path]) -> None:
         failed: list[Path] = []
 
-        def on_file(report: index.FileReport) -> None:
-            if report.changed and report.status == "ok":
-                log.info("indexed %d message(s) from %s", report.messages, report.path)
+        def on_file(report: index.FileReport) -> None:  # the run's summary says the rest
             for error in report.errors:
                 log.error("%s: %s: %s", report.path, error.where if error.where != report.path else "file",
                           error.reason)
@@ -666,15 +718,26 @@ class Daemon:
             read[0] += count
             if time.monotonic() >= read[1]:
                 read[1] = time.monotonic() + PROGRESS_SECONDS
-                log.info("indexing %s: %d message(s) read so far", address, read[0])
+                log.info("indexing %s: %d message(s) read so far", address, read[0],
+                         extra={"mailbox": address, "read": read[0]})
+                self._progress(address, read[0], started)
 
+        started = engine.wall_clock()
         first = [e for e in exports if not coverage.is_read(db.conn, index.text(e))]
         if first:
+            self._progress(address, 0, started)
             log.info("indexing %s: first read of %s; nothing is decided for it until this has read (C19)",
-                     address, ", ".join(map(str, first)))
-        summary = index.run(db, exports, address, on_file=on_file, progress=progress)
-        log.info("index of %s: %d file(s) read, %d unchanged, %d removed, %.2f s", address,
-                 summary.files - summary.unchanged, summary.unchanged, summary.removed, summary.seconds)
+                     address, ", ".join(map(str, first)), extra={"mailbox": address, "first": list(map(str, first))})
+        try:
+            summary = index.run(db, exports, address, on_file=on_file, progress=progress)
+        finally:
+            self._progress(address, None, started)
+        log.info("index of %s: %d file(s) read (%d message(s)), %d unchanged, %d removed, %d failed, %.2f s",
+                 address, summary.files - summary.unchanged, summary.messages, summary.unchanged, summary.removed,
+                 summary.error, summary.seconds,
+                 extra={"mailbox": address, "files": summary.files, "messages": summary.messages,
+                        "unchanged": summary.unchanged, "removed": summary.removed, "failed": summary.error,
+                        "seconds": round(summary.seconds, 2)})
         for path in failed:  # held open or half-written: its last good index stands meanwhile
             export = next((e for e in exports if path == e or e in path.parents), None)
             if export is not None:

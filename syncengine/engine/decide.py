@@ -240,7 +240,10 @@ def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since
         delivered = [_msg(r) for r in conn.execute(
             "SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
             " WHERE event = ? AND mailbox = ? AND message_id = ?", (event.id, mailbox, local.message_id))]
-        if not rules.purge_match(local, delivered):
+        if not rules.purge_match(local, delivered):  # kept: said in the report and status, once
+            conn.execute("INSERT INTO kept_copies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         (event.id, mailbox, row[0], row[8], normalise.display_message_id(local.message_id),
+                          row[10], rules.not_purged_because(local, delivered), now))
             continue
         conn.execute("INSERT INTO purged VALUES (?, ?, ?)", (event.id, mailbox, row[12]))
         late = event.ended_at is not None and row[9] > event.ended_at

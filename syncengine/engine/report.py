@@ -45,14 +45,21 @@ def status(db: sqlite_utils.Database) -> dict:
         events.append({"event": row["name"], "phase": row["phase"], "mailboxes": mailboxes,
                        "started": normalise.iso(row["started_at"]), "ended": normalise.iso(row["ended_at"]),
                        "closed": normalise.iso(row["closed_at"]),
-                       "report": json.loads(row["report"]) if row["report"] else report(db.conn, row["id"])})
+                       "report": json.loads(row["report"]) if row["report"] else report(db.conn, row["id"]),
+                       "kept": [dict(r) for r in db.query(
+                           "SELECT mailbox, location, folder, message_id, subject, reason FROM kept_copies"
+                           " WHERE event = ? ORDER BY seen_at, location", (row["id"],))]})
     errors = [{"file": r["file"], "reason": r["reason"]} for r in db.query(
         "SELECT file, reason FROM snapshot_errors ORDER BY rowid DESC LIMIT 10")]
     errors += [{"file": r["path"], "reason": r["reason"], "mailbox": r["mailbox"]} for r in db.query(
         "SELECT e.path, e.reason, s.mailbox FROM source_errors e JOIN sources s ON s.id = e.source_id"
         " ORDER BY e.rowid DESC LIMIT 10")]
+    # a missing file is kept only while an event covers its mailbox; after that it counts for
+    # nothing (the next index run drops it) and is no warning
     stale = [{"file": r["path"], "mailbox": r["mailbox"], "stale": r["stale"]} for r in db.query(
-        "SELECT path, mailbox, stale FROM sources WHERE stale IS NOT NULL ORDER BY path")]
+        "SELECT path, mailbox, stale FROM sources s WHERE stale IS NOT NULL AND (missing_since IS NULL OR EXISTS ("
+        "  SELECT 1 FROM event_mailboxes m JOIN events e ON e.id = m.event"
+        "  WHERE m.mailbox = s.mailbox AND e.phase != 'closed')) ORDER BY path")]
     # N1: a client whose acknowledgement is behind the log has deltas it has not applied
     # (a delivery whose content it could not fetch yet holds its acknowledgement back).
     clients = [{"client": r[0], "mailbox": r[1], "acked": r[2], "latest": r[3]} for r in db.execute(
