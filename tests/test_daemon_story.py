@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from email.utils import formatdate
 from pathlib import Path
 
@@ -117,3 +119,28 @@ def test_n2_an_exchange_copy_that_is_not_purged_is_named_with_its_reason_in_the_
     assert event["report"][ALICE]["purged"] == 2  # the certain ones were purged; the counts are C14's own
     text = run_cli("status", "--db", str(db), check=True).stdout
     assert "not purged: <undated-copy@mail.example> in Inbox" in text
+
+
+def test_the_daemon_tells_systemd_it_is_ready_once_every_mailbox_has_read_and_when_it_stops(tmp_path):
+    """Type=notify: `systemctl --user start` returns when status would say the index is whole."""
+    _mail(tmp_path / "mail", 40)
+    config = _config(tmp_path, ["mail"])
+    folder = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))  # a unix socket path must be short
+    supervisor = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    supervisor.bind(str(folder / "notify"))
+    supervisor.settimeout(60)
+    daemon = Proc("--config", str(config), "daemon", "--log-format", "json",
+                  env={"NOTIFY_SOCKET": str(folder / "notify")})
+    try:
+        ready = supervisor.recv(4096).decode()
+        assert ready.startswith("READY=1")
+        daemon.wait_for(_logged("ready: every mailbox"), what="the ready line, logged just before READY=1")
+        said = [line["message"] for line in _json_lines(daemon)]
+        first_index = next(n for n, m in enumerate(said) if m.startswith(f"index of {ALICE}"))
+        assert first_index < next(n for n, m in enumerate(said) if m.startswith("ready:"))
+        assert daemon.stop() == 0
+        assert supervisor.recv(4096) == b"STOPPING=1"
+    finally:
+        daemon.stop()
+        supervisor.close()
+        shutil.rmtree(folder)

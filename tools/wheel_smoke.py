@@ -32,50 +32,51 @@ def main() -> None:
         venv.EnvBuilder(with_pip=True).create(work / "env")
         python = work / "env" / ("Scripts" if os.name == "nt" else "bin") / "python"
         step("install it into a fresh venv", [str(python), "-m", "pip", "install", "-q", str(wheel)], cwd=work)
-        cli = [str(python), "-m", "syncengine"]
+        cli = [str(python.with_name("syncengine"))]  # the entry point, as a user runs it
         home = work / "home"
         home.mkdir()
+        # the user's config and data folders (platformdirs reads these on Linux)
+        os.environ.update(XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local" / "share"))
+        os.environ.pop("SYNCENGINE_CONFIG", None)
         where = step("it is not the checkout's", [str(python), "-c", "import syncengine; print(syncengine.__file__)"],
                      cwd=home)
         assert str(ROOT) not in where, f"imported from the checkout: {where}"
         step("--help", cli + ["--help"], cwd=home)
         step("demo", cli + ["demo", "--pace", "0"], cwd=home)
-        step("init", cli + ["init", "--config", "conf/syncengine.toml", "--mailbox", ALICE, "--export", "mail"],
-             cwd=home)
+        step("init (the default config)", cli + ["init", "--mailbox", ALICE, "--export", "mail"], cwd=home)
+        shown = step("config", cli + ["config"], cwd=home)
+        assert str(home / ".config" / "syncengine" / "syncengine.toml") in shown, shown
         (home / "mail" / "Inbox").mkdir(parents=True)
         (home / "mail" / "Inbox" / "hello.eml").write_bytes(
             b"Message-ID: <hello@x>\r\nDate: Mon, 02 Mar 2026 08:00:00 +0000\r\nSubject: hi\r\n\r\nbody\r\n")
-        db = str(home / "store.db")
-        step("index", cli + ["index", "mail", "--db", db, "--mailbox", ALICE], cwd=home)
+        step("index (what the config names)", cli + ["index"], cwd=home)
         (home / "snap.json").write_text(json.dumps({"meta": {"status": 200, "snapshot": {
             "address": ALICE, "kind": "mailbox"}}, "fail": [], "data": [{
                 "id": "n1", "received": "2026-03-02T08:00:00Z", "mimeMessageId": "<new@x>",
                 "from": {"emailAddress": "bob@example.org"}, "subject": "new"}]}))
-        step("snapshot add", cli + ["snapshot", "add", "snap.json", "--db", db], cwd=home)
-        step("event start", cli + ["event", "start", "ev1", "--mailbox", ALICE, "--db", db], cwd=home)
-        deltas = step("deltas", cli + ["deltas", "--db", db, "--json"], cwd=home)
+        step("snapshot add", cli + ["snapshot", "add", "snap.json"], cwd=home)
+        step("event start", cli + ["event", "start", "ev1"], cwd=home)
+        deltas = step("deltas", cli + ["deltas", "--json"], cwd=home)
         assert '"<new@x>"' in deltas, deltas
-        step("sync", cli + ["sync", "--db", db], cwd=home)
-        step("event end", cli + ["event", "end", "ev1", "--db", db], cwd=home)
-        step("status", cli + ["status", "--db", db], cwd=home)
-        step("replay into a store", cli + ["demo", "--pace", "0"], cwd=home)
+        step("sync", cli + ["sync"], cwd=home)
+        step("event end", cli + ["event", "end", "ev1"], cwd=home)
+        step("status", cli + ["status"], cwd=home)
         replayed = str(home / "replay.db")
         demo = step("the demo's scenario", [str(python), "-c", "from importlib import resources; "
                                             "print(resources.files('syncengine.demo'))"], cwd=home).strip()
-        step("replay", cli + ["replay", demo, "--db", replayed, "-q"], cwd=home)
+        step("replay into a store (--db)", cli + ["replay", demo, "--db", replayed, "-q"], cwd=home)
         step("export-pst", cli + ["export-pst", "--db", replayed, "--event", "outage", "out.pst"], cwd=home)
         assert (home / "out.pst").read_bytes()[:4] == b"!BDN"
         step("apply --help", cli + ["apply", "--help"], cwd=home)
         step("mimecast --help", cli + ["mimecast", "poll", "--help"], cwd=home)
-        daemon = subprocess.Popen(cli + ["daemon", "--config", "conf/syncengine.toml"], cwd=home,
-                                  stderr=subprocess.PIPE, text=True)
+        daemon = subprocess.Popen(cli + ["daemon"], cwd=home, stderr=subprocess.PIPE, text=True)
         for line in daemon.stderr:
             if "daemon started" in line:
                 break
         else:
             fail("daemon start", daemon.wait(), "", "no 'daemon started' line")
         print("ok   daemon start")
-        step("status --config (the daemon's)", cli + ["status", "--config", "conf/syncengine.toml"], cwd=home)
+        step("status (while the daemon runs)", cli + ["status"], cwd=home)
         daemon.send_signal(signal.SIGTERM)
         code = daemon.wait(30)
         if code != 0:

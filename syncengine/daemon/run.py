@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -126,6 +127,22 @@ class _Handler(FileSystemEventHandler):
 Task = Callable[[], None]
 
 
+def systemd_notify(state: str) -> None:
+    """Tell a supervisor that speaks sd_notify (systemd's Type=notify) how we are; nothing
+    without $NOTIFY_SOCKET. The protocol is one datagram to that socket; a library for it
+    would be larger than this."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:  # a supervisor gone is no reason to stop serving
+        log.warning("NOTIFY_SOCKET %s: %s", os.environ["NOTIFY_SOCKET"], exc)
+
+
 def _declare(conn, settings: Settings) -> None:
     """C19: coverage is declared. Every configured export belongs to its mailbox before its
     first read, and a mailbox with none waits unless the config says it has no local mail.
@@ -160,6 +177,7 @@ class Daemon:
         self.writes: queue.Queue[Task | None] = queue.Queue()
         self.indexing: queue.Queue[tuple[str, list[Path]] | None] = queue.Queue()
         self._queued_polls: set[str] = set()
+        self._first_pass = set(settings.mailboxes)  # readiness (systemd Type=notify) once each has read
         self._waiting: set[tuple] = set()  # (event, mailbox, export) said to wait for the index
         self._applied: set[Path] = set()  # drop-folder entries known to be in the store
         self._lock = self._take_lock()
@@ -217,6 +235,7 @@ class Daemon:
             threads[2].join(5)
             threads[1].join(0.5)  # a parse in progress holds no lock and commits nothing half
             observer.join(2)
+            systemd_notify("STOPPING=1")
             log.info("daemon stopped")
 
     def _watch(self) -> Observer:
@@ -669,6 +688,11 @@ class Daemon:
                         self._index(db, address, exports)
                 except Exception:  # one bad export never stops the daemon
                     log.exception("indexing %s failed", address)
+                if address in self._first_pass:
+                    self._first_pass.discard(address)
+                    if not self._first_pass:  # every mailbox read once: what `status` says is whole
+                        log.info("ready: every mailbox's exports read once", extra={"phase": "ready"})
+                        systemd_notify("READY=1\nSTATUS=serving; every mailbox indexed")
         finally:
             replier.close()
             db.conn.close()
