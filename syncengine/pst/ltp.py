@@ -94,7 +94,7 @@ class Heap:
         self.pages: dict[int, _Page] = {0: _Page(0, 12)}
         self.current = self.pages[0]
         self.written: dict[int, tuple[int, int]] = {}   # page index -> (bid, size)
-        self.fill: dict[int, int] = {}
+        self.levels: dict[int, int] = {}
 
     @staticmethod
     def _header_size(index: int) -> int:
@@ -114,12 +114,25 @@ class Heap:
         page.room -= size
         return (page.index << 16) | (len(page.allocations) << 5)
 
+    def reserve(self, size: int) -> int:
+        """A HID for an allocation whose bytes are known later (`fill`): Outlook puts a PC's
+        BTH header, and a TC's row index header and TCINFO, first (HID 0x20, 0x40), and
+        readers in the wild (java-libpst, pst-extractor) assume it."""
+        return self.allocate(bytes(size))
+
+    def fill(self, hid: int, data: bytes) -> None:
+        page = self.pages[hid >> 16]   # reserved on page 0, which is written last
+        index = (hid >> 5 & 0x7FF) - 1
+        if len(page.allocations[index]) != len(data):
+            raise ValueError("a reserved heap allocation is filled with bytes of its own size")
+        page.allocations[index] = data
+
     def _next_page(self) -> None:
         index = self.current.index + 1
         if index > 0xFFFF:
             raise ValueError("a heap holds at most 65,536 pages")
         previous = self.current
-        self.fill[previous.index] = _fill_level(previous.free())
+        self.levels[previous.index] = _fill_level(previous.free())
         self.current = self.pages[index] = _Page(index, self._header_size(index))
         if self.ndb is not None:
             self._write_settled()
@@ -147,10 +160,10 @@ class Heap:
         map_at = at + (at & 1)
         page_map = struct.pack(f"<HH{len(offsets)}H", len(page.allocations), 0, *offsets)
         if page.index == 0:
-            levels = [self.fill.get(i, _fill_level(page.free()) if i == 0 else 0) for i in range(8)]
+            levels = [self.levels.get(i, _fill_level(page.free()) if i == 0 else 0) for i in range(8)]
             head = struct.pack("<HBBI", map_at, HN_SIG, self.client, root) + _nibbles(levels, 4)
         elif page.header == 66:
-            levels = [self.fill.get(i, 0) for i in range(page.index, page.index + 128)]
+            levels = [self.levels.get(i, 0) for i in range(page.index, page.index + 128)]
             head = struct.pack("<H", map_at) + _nibbles(levels, 64)
         else:
             head = struct.pack("<H", map_at)
@@ -158,7 +171,7 @@ class Heap:
 
     def write(self, ndb: FileWriter, root: int) -> int:
         """Write the heap as the node's data and return its BID."""
-        self.fill[self.current.index] = _fill_level(self.current.free())
+        self.levels[self.current.index] = _fill_level(self.current.free())
         for number in sorted(self.pages):
             data = self._page_bytes(self.pages[number], root)
             self.written[number] = (ndb.write_block(data), len(data))
@@ -176,18 +189,20 @@ def _nibbles(levels: list[int], size: int) -> bytes:
     return bytes(out)
 
 
-def bth(heap: Heap, key_size: int, data_size: int, records: list[bytes]) -> int:
-    """A BTH over sorted packed records (key then data); returns its header's HID."""
+def bth(heap: Heap, key_size: int, data_size: int, records: list[bytes], header: int) -> None:
+    """A BTH over sorted packed records (key then data), its header into `header`."""
     leaves = []
     per = ALLOC_MAX // (key_size + data_size)
     for start in range(0, len(records), per):
         chunk = records[start:start + per]
         leaves.append((chunk[0][:key_size], heap.allocate(b"".join(chunk))))
-    return bth_from_leaves(heap, key_size, data_size, leaves)
+    bth_from_leaves(heap, key_size, data_size, leaves, header)
 
 
-def bth_from_leaves(heap: Heap, key_size: int, data_size: int, leaves: list[tuple[bytes, int]]) -> int:
-    """The index levels and header of a BTH whose leaves are already allocated."""
+def bth_from_leaves(heap: Heap, key_size: int, data_size: int, leaves: list[tuple[bytes, int]],
+                    header: int) -> None:
+    """The index levels of a BTH whose leaves are already allocated, and its header into
+    the allocation `header` reserved for it."""
     levels, nodes = 0, leaves
     per = ALLOC_MAX // (key_size + 4)
     while len(nodes) > 1:
@@ -197,7 +212,7 @@ def bth_from_leaves(heap: Heap, key_size: int, data_size: int, leaves: list[tupl
             upper.append((chunk[0][0], heap.allocate(b"".join(key + struct.pack("<I", hid) for key, hid in chunk))))
         nodes, levels = upper, levels + 1
     root = nodes[0][1] if nodes else 0
-    return heap.allocate(struct.pack("<BBBBI", CLIENT_BTH, key_size, data_size, levels, root))
+    heap.fill(header, struct.pack("<BBBBI", CLIENT_BTH, key_size, data_size, levels, root))
 
 
 class Subnodes:
@@ -238,6 +253,7 @@ def property_context(ndb: FileWriter, props: list[Prop], subnodes: Subnodes | No
     """Write a PC node's data and subnodes; returns (bidData, bidSub)."""
     subnodes = subnodes or Subnodes(ndb)
     heap = Heap(CLIENT_PC)
+    root = heap.reserve(8)
     records = []
     for prop_id, kind, value in sorted(props, key=lambda p: p[0]):
         data = encode(kind, value)
@@ -246,7 +262,7 @@ def property_context(ndb: FileWriter, props: list[Prop], subnodes: Subnodes | No
         else:
             ref = _value_ref(heap, subnodes, data)
         records.append(struct.pack("<HHI", prop_id, kind, ref))
-    root = bth(heap, 2, 6, records)
+    bth(heap, 2, 6, records, root)
     return heap.write(ndb, root), subnodes.write()
 
 
@@ -299,6 +315,8 @@ class Table:
         self.layout = _layout(tuple(columns))
         self.row_size = self.layout.row_size
         self.heap = Heap(CLIENT_TC, ndb if stream else None)
+        self.index_hid = self.heap.reserve(8)
+        self.info_hid = self.heap.reserve(22 + 8 * len(self.layout.cells))
         self.subnodes = Subnodes(ndb)
         self.rows_per_block = BLOCK_DATA // self.row_size
         self.block = bytearray()
@@ -335,7 +353,7 @@ class Table:
         self.count += 1
         if self.stream:
             if len(self.block) >= self.rows_per_block * self.row_size:
-                self.row_bids.append(self.ndb.write_block(bytes(self.block), table=True))
+                self.row_bids.append(self.ndb.write_block(bytes(self.block).ljust(BLOCK_DATA, b"\0"), table=True))
                 self.block = bytearray()
             if len(self.index_records) == ALLOC_MAX // 8:
                 self.index_leaves.append((self.index_records[0][:4], self.heap.allocate(b"".join(self.index_records))))
@@ -347,23 +365,25 @@ class Table:
         for start in range(0, len(self.index_records), per):
             chunk = self.index_records[start:start + per]
             self.index_leaves.append((chunk[0][:4], self.heap.allocate(b"".join(chunk))))
-        index = bth_from_leaves(self.heap, 4, 4, self.index_leaves)
+        bth_from_leaves(self.heap, 4, 4, self.index_leaves, self.index_hid)
         rows_size = self.count * self.row_size
         if not self.count:
             rows = 0
         elif rows_size <= ALLOC_MAX and not self.row_bids:
             rows = self.heap.allocate(bytes(self.block))
         else:
-            blocks = [bytes(self.block[i:i + self.rows_per_block * self.row_size])
-                      for i in range(0, len(self.block), self.rows_per_block * self.row_size)]
+            # Every row block but the last is padded to 8,176 bytes, as Outlook writes them.
+            full = self.rows_per_block * self.row_size
+            blocks = [bytes(self.block[i:i + full]) for i in range(0, len(self.block), full)]
+            blocks = [block.ljust(BLOCK_DATA, b"\0") for block in blocks[:-1]] + blocks[-1:]
             bids = self.row_bids + [self.ndb.write_block(b) for b in blocks]
-            sizes = [self.rows_per_block * self.row_size] * (len(bids) - 1)
-            sizes.append(rows_size - sum(sizes))
-            rows = self.subnodes.add(bid=self.ndb.write_tree(bids, rows_size, sizes))
+            sizes = [BLOCK_DATA] * len(self.row_bids) + [len(block) for block in blocks]
+            rows = self.subnodes.add(bid=self.ndb.write_tree(bids, sum(sizes), sizes))
         layout = self.layout
-        info = struct.pack("<BB4HIII", CLIENT_TC, len(layout.cells), *layout.ends, index, rows, 0)
+        info = struct.pack("<BB4HIII", CLIENT_TC, len(layout.cells), *layout.ends, self.index_hid, rows, 0)
         for prop_id, kind, at, width, bit in layout.cells:
             info += struct.pack("<IHBB", (prop_id << 16) | kind, at, width, bit)
-        root = self.heap.allocate(info)
+        self.heap.fill(self.info_hid, info)
+        root = self.info_hid
         return self.heap.write(self.ndb, root), self.subnodes.write()
 
