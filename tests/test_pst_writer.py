@@ -64,7 +64,7 @@ def written(tmp_path_factory) -> tuple[Path, dict[int, tuple[str, Message]]]:
 
 def _folders(root) -> dict[str, object]:
     """path (under the IPM subtree) -> pypff folder."""
-    ipm = next(f for f in root.sub_folders if f.name == "Top of Personal Folders")
+    ipm = next(f for f in root.sub_folders if f.name == "Top of Outlook data file")
     found, stack = {}, [(ipm, "")]
     while stack:
         folder, path = stack.pop()
@@ -163,7 +163,7 @@ def test_pffinfo_and_pffexport_read_it_without_a_warning(written, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0 and export.stderr == "", export.stderr[-2000:]
     assert "Unable" not in export.stdout and "unable" not in export.stdout
-    top = tmp_path / "out.export" / "Top of Personal Folders"
+    top = tmp_path / "out.export" / "Top of Outlook data file"
     for folder in {f for f, _ in CONTENT}:
         count = sum(1 for f, _ in CONTENT if f == folder)
         assert len([p for p in (top / folder).iterdir() if p.name.startswith(("Message", "Meeting"))]) == count, folder

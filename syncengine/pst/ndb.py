@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 HEADER_SIZE = 564
+DLIST = 0x4200                  # the density list page, just before the first AMap
 FIRST_AMAP = 0x4400
 SECTION = 496 * 8 * 64          # bytes mapped by one AMap
 PAGE = 512
@@ -34,6 +35,7 @@ FPMAP_FIRST, FPMAP_EVERY = 128 * 8, 496 * 8
 
 TABLE_BLOCKS = 1 << 36          # first block counter of streamed folder tables (BID = counter << 2)
 PTYPE_BBT, PTYPE_NBT, PTYPE_FMAP, PTYPE_PMAP, PTYPE_AMAP, PTYPE_FPMAP = 0x80, 0x81, 0x82, 0x83, 0x84, 0x85
+PTYPE_DL = 0x86
 
 NBT_ENTRY = struct.Struct("<QQQII")     # nid (8 in Unicode), bidData, bidSub, nidParent, padding
 BBT_ENTRY = struct.Struct("<QQHHI")     # bid, ib, cb, cRef, padding
@@ -356,6 +358,14 @@ class FileWriter:
             spool.close()
 
     def _write_header(self, eof: int, rgnid: list[int], nbt: tuple[int, int], bbt: tuple[int, int]) -> None:
+        self._flush()
+        # An empty density list (no pages ranked, backfill not complete), as in a store
+        # Outlook has just made: MS-PST makes it optional, Outlook always writes one.
+        dlist_bid = self.next_page << 2
+        self.next_page += 1
+        body = bytes(496)
+        self.os_write(body + PAGE_TRAILER.pack(PTYPE_DL, PTYPE_DL, signature(DLIST, dlist_bid), crc(body), dlist_bid),
+                      DLIST)
         header = bytearray(HEADER_SIZE)
         header[0:4] = b"!BDN"
         struct.pack_into("<HHHBB", header, 8, 0x4D53, 23, 19, 1, 1)
@@ -373,7 +383,6 @@ class FileWriter:
         struct.pack_into("<Q", header, 516, self.next_table_block << 2)  # bidNextB, above both ranges
         struct.pack_into("<I", header, 4, crc(header[8:8 + 471]))
         struct.pack_into("<I", header, 524, crc(header[8:8 + 516]))
-        self._flush()
         self.os_write(bytes(header), 0)
 
 
