@@ -1,6 +1,6 @@
 """RFC 822 `.eml` files through the standard library's `email` package.
 
-Headers only; the body is parsed only when the top-level Content-Type says a calendar
+Headers only (the parser sees the header block alone); the body is parsed only when the top-level Content-Type says a calendar
 part may be there (multipart, or text/calendar) and the bytes name one: an EML has no
 class property, and formats.md derives its class from that part's METHOD, within the
 budgets of headers.class_of_mime (beyond them: IPM.Note and a warning).
@@ -29,14 +29,27 @@ def read(path: Path, locator: str, folder: str, role: str, warn: Callable[[str],
     return parse(data, locator, folder, role, warn)
 
 
+_BLANK_LINES = (b"\n\n", b"\r\r", b"\r\n\r\n")
+
+
+def header_block(data: bytes) -> bytes:
+    """The bytes up to and including the first blank line, or all of them. Each separator
+    looked for is a blank line wherever it stands, so the cut is never before the end of
+    the header block as the email parser finds it (a later cut only costs bytes)."""
+    ends = [at + len(blank) for blank in _BLANK_LINES if (at := data.find(blank)) >= 0]
+    return data[:min(ends)] if ends else data
+
+
 def parse(data: bytes, locator: str, folder: str, role: str, warn: Callable[[str], None] | None = None) -> Record:
     """The record of one message; `warn` hears why its class could not be read (IPM.Note)."""
     if not data.strip():
         raise EmlError("empty file")
-    head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    head = header_block(data)
     if b":" not in head:
         raise EmlError("not an RFC 822 message (no header fields)")
-    message = _PARSER.parsebytes(data, headersonly=True)
+    # The parser reads the header block only: a body it would copy and split into lines
+    # for nothing costs more than every header field together (issue 25).
+    message = _PARSER.parsebytes(head, headersonly=True)
     if not message.keys():
         raise EmlError("not an RFC 822 message (no header fields)")
 
