@@ -16,9 +16,9 @@ from .conftest import ROOT
 FIELDS = ("message_id", "submit_ts", "subject", "sender", "recipients", "message_class", "folder")
 
 
-@pytest.mark.parametrize("fmt", ["pst", "eml", "msg", "maildir"])
+@pytest.mark.parametrize("fmt", ["pst", "ost4k", "eml", "msg", "maildir"])
 def test_index_of_a_generated_mailbox_equals_its_ground_truth(tmp_path, fmt):
-    out = tmp_path / ("box.pst" if fmt == "pst" else "box")
+    out = tmp_path / {"pst": "box.pst", "ost4k": "box.ost"}.get(fmt, "box")
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_mailbox.py"), str(out), "--messages", "300",
                     "--format", fmt, "--seed", "7"], check=True, capture_output=True, timeout=300)
     truth = json.loads(out.with_name(out.name + ".truth.json").read_text())

@@ -1,13 +1,14 @@
 """A realistic mailbox, the same for the same seed, with a ground truth of what it holds.
 
-    python tools/make_mailbox.py --messages 100000 --format eml|msg|maildir --seed 7 OUT
+    python tools/make_mailbox.py --messages 100000 --format eml|msg|maildir|pst|ost4k --seed 7 OUT
 
 Folder sizes are skewed as in real mailboxes (most mail in Inbox and an archive, a long
 tail of small custom folders, nested ones), with threads (Re:/Fwd: subjects), messages
 without a Message-ID, one id stamped on several messages by an application, calendar
 requests, send-to-self copies in Inbox and Sent Items, and a few large messages.
 
-OUT/ holds the mailbox (for `--format pst`, OUT is the .pst file itself); OUT.truth.json
+OUT/ holds the mailbox (for `--format pst`, OUT is the .pst file itself; `ost4k` writes
+an OST in the 4 KB-page layout of Outlook 2013 and later); OUT.truth.json
 maps each message's locator (as `syncengine index` names it: a path, or a PST node id) to
 the fields the index must recover (tools/make_fixtures.py `expected`). In a PST the large
 messages carry a 2 MB attachment; calendar requests are IPM.Schedule.Meeting.Request items.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_fixtures import ICS_REQUEST, Spec, email_message, expected, write_message  # noqa: E402
 
+from syncengine.pst.layout import UNICODE, UNICODE_4K, Layout  # noqa: E402
 from syncengine.pst.writer import Attachment, Message, PstWriter  # noqa: E402
 
 OWNER = "alice@acme.example"
@@ -84,8 +86,8 @@ def specs(count: int, seed: int, suffix: str) -> list[tuple[Spec, bool]]:
 
 
 def write(made: list[tuple[Spec, bool]], out: Path, fmt: str) -> dict:
-    if fmt == "pst":
-        return write_pst(made, out)
+    if fmt in ("pst", "ost4k"):
+        return write_pst(made, out, layout=UNICODE if fmt == "pst" else UNICODE_4K)
     if out.exists():
         shutil.rmtree(out)
     truth = {}
@@ -131,9 +133,9 @@ def pst_message(spec: Spec, large: bool) -> Message:
                    if large else [])
 
 
-def write_pst(made: list[tuple[Spec, bool]], out: Path, progress: bool = True) -> dict:
+def write_pst(made: list[tuple[Spec, bool]], out: Path, progress: bool = True, layout: Layout = UNICODE) -> dict:
     truth = {}
-    with PstWriter(out, "Generated mailbox") as pst:
+    with PstWriter(out, "Generated mailbox", layout) as pst:
         for number, (spec, large) in enumerate(made, 1):
             folder = spec.path.rsplit("/", 1)[0]
             nid = pst.add(folder, pst_message(spec, large))
@@ -147,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--format", choices=["eml", "msg", "maildir", "pst"], default="eml")
+    parser.add_argument("--format", choices=["eml", "msg", "maildir", "pst", "ost4k"], default="eml")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     made = specs(args.messages, args.seed, {"msg": ".msg", "eml": ".eml"}.get(args.format, ""))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from datetime import datetime, timezone
 
+from .layout import Layout
 from .ndb import BLOCK_DATA, FileWriter
 
 HN_SIG = 0xEC
@@ -88,8 +89,10 @@ class Heap:
     """An HN being built. With `ndb`, full pages are written as blocks as soon as no
     later allocation can change them (streamed tables); otherwise all stay in memory."""
 
-    def __init__(self, client: int, ndb: FileWriter | None = None):
+    def __init__(self, client: int, layout: Layout, ndb: FileWriter | None = None):
         self.client = client
+        self.hid_shift = layout.hid_shift
+        self.max_pages = 1 << (32 - layout.hid_shift)
         self.ndb = ndb
         self.pages: dict[int, _Page] = {0: _Page(0, 12)}
         self.current = self.pages[0]
@@ -112,7 +115,7 @@ class Heap:
             page = self.current
         page.allocations.append(data)
         page.room -= size
-        return (page.index << 16) | (len(page.allocations) << 5)
+        return (page.index << self.hid_shift) | (len(page.allocations) << 5)
 
     def reserve(self, size: int) -> int:
         """A HID for an allocation whose bytes are known later (`fill`): Outlook puts a PC's
@@ -121,7 +124,7 @@ class Heap:
         return self.allocate(bytes(size))
 
     def fill(self, hid: int, data: bytes) -> None:
-        page = self.pages[hid >> 16]   # reserved on page 0, which is written last
+        page = self.pages[hid >> self.hid_shift]   # reserved on page 0, which is written last
         index = (hid >> 5 & 0x7FF) - 1
         if len(page.allocations[index]) != len(data):
             raise ValueError("a reserved heap allocation is filled with bytes of its own size")
@@ -129,8 +132,8 @@ class Heap:
 
     def _next_page(self) -> None:
         index = self.current.index + 1
-        if index > 0xFFFF:
-            raise ValueError("a heap holds at most 65,536 pages")
+        if index >= self.max_pages:
+            raise ValueError(f"a heap holds at most {self.max_pages:,} pages")
         previous = self.current
         self.levels[previous.index] = _fill_level(previous.free())
         self.current = self.pages[index] = _Page(index, self._header_size(index))
@@ -252,7 +255,7 @@ Prop = tuple[int, int, object]  # (property id, type, value)
 def property_context(ndb: FileWriter, props: list[Prop], subnodes: Subnodes | None = None) -> tuple[int, int]:
     """Write a PC node's data and subnodes; returns (bidData, bidSub)."""
     subnodes = subnodes or Subnodes(ndb)
-    heap = Heap(CLIENT_PC)
+    heap = Heap(CLIENT_PC, ndb.layout)
     root = heap.reserve(8)
     records = []
     for prop_id, kind, value in sorted(props, key=lambda p: p[0]):
@@ -314,7 +317,7 @@ class Table:
         self.ndb = ndb
         self.layout = _layout(tuple(columns))
         self.row_size = self.layout.row_size
-        self.heap = Heap(CLIENT_TC, ndb if stream else None)
+        self.heap = Heap(CLIENT_TC, ndb.layout, ndb if stream else None)
         self.index_hid = self.heap.reserve(8)
         self.info_hid = self.heap.reserve(22 + 8 * len(self.layout.cells))
         self.subnodes = Subnodes(ndb)

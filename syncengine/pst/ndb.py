@@ -6,9 +6,12 @@ node entries arrive in order too, except the few written at the end (folders, ta
 whose NIDs are allocated from a lower range than any message's. Both trees are built
 bottom-up at `close`, so memory does not grow with the number of messages.
 
-Allocation (MS-PST 2.2.2.7): the data area is cut into sections of 253,952 bytes, each
-opened by an AMap page whose bits mark 64-byte units in use. A block never spans two
-sections; PMap, FMap and FPMap pages sit at the intervals the format fixes.
+Allocation (MS-PST 2.2.2.7): the data area is cut into sections, each opened by an AMap
+page whose bits mark units in use (253,952 bytes of 64-byte units in the 512-byte page
+layout). A block never spans two sections; PMap, FMap and FPMap pages sit at the
+intervals the format fixes. The 4 KB-page layout of Outlook 2013+ OSTs (layout.py)
+changes sizes and trailers, has AMaps only, and stores a block DEFLATE-compressed when
+that makes it smaller.
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .layout import TRAILER_4K, UNICODE, Layout
+
 HEADER_SIZE = 564
 DLIST = 0x4200                  # the density list page, just before the first AMap
-FIRST_AMAP = 0x4400
-SECTION = 496 * 8 * 64          # bytes mapped by one AMap
-PAGE = 512
-UNIT = 64
-BLOCK_MAX = 8192                # a block with its trailer
-BLOCK_DATA = BLOCK_MAX - 16     # 8176 bytes of data in the largest block
+FIRST_AMAP = UNICODE.first_amap
+SECTION = UNICODE.section       # bytes mapped by one AMap
+BLOCK_DATA = 8176               # data in the largest block, inflated (both layouts)
 PAGES_PER_PMAP = 8              # one PMap per 8 AMaps
 FMAP_FIRST, FMAP_EVERY = 128, 496
 FPMAP_FIRST, FPMAP_EVERY = 128 * 8, 496 * 8
@@ -40,7 +42,7 @@ PTYPE_DL = 0x86
 NBT_ENTRY = struct.Struct("<QQQII")     # nid (8 in Unicode), bidData, bidSub, nidParent, padding
 BBT_ENTRY = struct.Struct("<QQHHI")     # bid, ib, cb, cRef, padding
 BT_ENTRY = struct.Struct("<QQQ")        # key, bid, ib
-TRAILER = struct.Struct("<HHIQ")        # cb, wSig, dwCRC, bid
+TRAILER = struct.Struct("<HHIQ")        # cb, wSig, dwCRC, bid (512-byte page layout)
 PAGE_TRAILER = struct.Struct("<BBHIQ")  # ptype, ptypeRepeat, wSig, dwCRC, bid
 
 
@@ -58,20 +60,15 @@ def _align(value: int, to: int) -> int:
     return (value + to - 1) // to * to
 
 
-def _map_pages(section: int) -> int:
-    """How many 512-byte map pages open section `section` (AMap, then PMap, FMap, FPMap)."""
-    count = 1
-    if section % PAGES_PER_PMAP == 0:
-        count += 1
-    if section >= FMAP_FIRST and (section - FMAP_FIRST) % FMAP_EVERY == 0:
-        count += 1
-    if section >= FPMAP_FIRST and (section - FPMAP_FIRST) % FPMAP_EVERY == 0:
-        count += 1
-    return count
+def _map_pages(section: int, layout: Layout = UNICODE) -> int:
+    """How many map pages open section `section` (AMap, then PMap, FMap, FPMap)."""
+    return len(_map_page_types(section, layout))
 
 
-def _map_page_types(section: int) -> list[int]:
+def _map_page_types(section: int, layout: Layout = UNICODE) -> list[int]:
     kinds = [PTYPE_AMAP]
+    if layout is not UNICODE:
+        return kinds              # the 4 KB layout has AMaps only
     if section % PAGES_PER_PMAP == 0:
         kinds.append(PTYPE_PMAP)
     if section >= FMAP_FIRST and (section - FMAP_FIRST) % FMAP_EVERY == 0:
@@ -101,8 +98,9 @@ def _longest_free_run(bits: bytearray) -> int:
 class FileWriter:
     """Appends blocks and pages to a new PST file and keeps its allocation maps."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, layout: Layout = UNICODE):
         self.path = path
+        self.layout = layout
         # A new file of our own, or nothing: never a file (or a link) another user planted
         # at the temporary name, which the user's mail would be written into.
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -112,7 +110,7 @@ class FileWriter:
         self.buffer = bytearray()
         self.buffer_start = 0
         self.section = -1
-        self.bits = bytearray(496)
+        self.bits = bytearray(layout.trailer_at)
         self.free_units = 0                 # summed over closed sections, for cbAMapFree
         self.fmap: list[int] = []           # per closed section (128 go into the header)
         self.next_block = 1
@@ -150,41 +148,46 @@ class FileWriter:
     # -- sections and allocation -------------------------------------------------------
 
     def _section_start(self, section: int) -> int:
-        return FIRST_AMAP + section * SECTION
+        return self.layout.first_amap + section * self.layout.section
 
     def _open_section(self, section: int) -> None:
         start = self._section_start(section)
         self._skip_to(start)
         self.section = section
-        self.bits = bytearray(496)
-        pages = _map_pages(section)
-        self._mark(start, pages * PAGE)
-        self.buffer += b"\0" * (pages * PAGE)  # written when the section closes
+        self.bits = bytearray(self.layout.trailer_at)
+        size = _map_pages(section, self.layout) * self.layout.page
+        self._mark(start, size)
+        self.buffer += b"\0" * size  # written when the section closes
 
     def _close_section(self) -> None:
         self._flush()
         start = self._section_start(self.section)
-        kinds = _map_page_types(self.section)
         pages = []
-        for index, kind in enumerate(kinds):
-            ib = start + index * PAGE
+        for index, kind in enumerate(_map_page_types(self.section, self.layout)):
+            ib = start + index * self.layout.page
             if kind == PTYPE_AMAP:
                 body = bytes(self.bits)
             else:  # PMap, FMap and FPMap are deprecated: kept present and valid, never used
                 body = b"\xff" * 496 if kind != PTYPE_FMAP else bytes(496)
-            pages.append(body + PAGE_TRAILER.pack(kind, kind, 0, crc(body), ib))
+            pages.append(self._page(body, kind, 0, ib))
         self.os_write(b"".join(pages), start)
         free = sum(8 - bin(b).count("1") for b in self.bits)
         self.free_units += free
         self.fmap.append(_longest_free_run(self.bits))
 
+    def _page(self, body: bytes, ptype: int, sig: int, bid: int) -> bytes:
+        """A page: its body, then the trailer where the layout puts it (4 KB pages end with
+        8 more bytes, left zero)."""
+        return (body + PAGE_TRAILER.pack(ptype, ptype, sig, crc(body), bid)).ljust(self.layout.page, b"\0")
+
     def _mark(self, offset: int, size: int) -> None:
-        first = (offset - self._section_start(self.section)) // UNIT
-        for unit in range(first, first + size // UNIT):
+        unit_size = self.layout.amap_unit
+        first = (offset - self._section_start(self.section)) // unit_size
+        for unit in range(first, first + (size + unit_size - 1) // unit_size):
             self.bits[unit >> 3] |= 0x80 >> (unit & 7)
 
     def _allocate(self, size: int, alignment: int) -> int:
-        """Offset of `size` free bytes (a multiple of 64, at most 8 KB) inside one section."""
+        """Offset of `size` free bytes (a multiple of the AMap unit) inside one section."""
         offset = _align(self.pos, alignment)
         if offset + size > self._section_start(self.section + 1):
             self._close_section()
@@ -212,12 +215,22 @@ class FileWriter:
         else:
             bid = (self.next_block << 2) | (2 if internal else 0)
             self.next_block += 1
-        size = _align(len(data) + TRAILER.size, UNIT)
-        ib = self._allocate(size, UNIT)
-        self.buffer += data
-        self.buffer += b"\0" * (size - len(data) - TRAILER.size)
-        self.buffer += TRAILER.pack(len(data), signature(ib, bid), crc(data), bid)
-        (self.table_bbt if table else self.bbt).write(BBT_ENTRY.pack(bid, ib, len(data), 2, 0))
+        layout = self.layout
+        stored = data
+        if layout.compressed and not internal and len(data) > 512:
+            # as Outlook does: a block is stored compressed when that saves room in the file
+            packed = zlib.compress(data, 6)
+            if layout.block_size(len(packed)) < layout.block_size(len(data)):
+                stored = packed
+        size = layout.block_size(len(stored))
+        ib = self._allocate(size, layout.block_align)
+        self.buffer += stored
+        self.buffer += b"\0" * (size - len(stored) - layout.block_trailer)
+        if layout is UNICODE:
+            self.buffer += TRAILER.pack(len(stored), signature(ib, bid), crc(stored), bid)
+        else:
+            self.buffer += TRAILER_4K.pack(len(stored), signature(ib, bid), crc(stored), bid, 0, len(data), 0)
+        (self.table_bbt if table else self.bbt).write(BBT_ENTRY.pack(bid, ib, len(stored), 2, 0))
         return bid
 
     def write_data(self, data: bytes) -> int:
@@ -289,15 +302,20 @@ class FileWriter:
     def _write_page(self, body: bytes, ptype: int) -> tuple[int, int]:
         bid = self.next_page << 2
         self.next_page += 1
-        ib = self._allocate(PAGE, PAGE)
-        self.buffer += body
-        self.buffer += PAGE_TRAILER.pack(ptype, ptype, signature(ib, bid), crc(body), bid)
+        ib = self._allocate(self.layout.page, self.layout.page)
+        self.buffer += self._page(body, ptype, signature(ib, bid), bid)
         return bid, ib
+
+    def _btree_page(self, entries: bytes, count: int, entry_size: int, level: int, ptype: int) -> tuple[int, int]:
+        layout = self.layout
+        footer = layout.counts.pack(count, layout.entries // entry_size, entry_size, level)
+        body = entries.ljust(layout.entries, b"\0") + footer
+        return self._write_page(body.ljust(layout.trailer_at, b"\0"), ptype)
 
     def _btree(self, entries: Iterator[bytes], entry_size: int, ptype: int) -> tuple[int, int]:
         """Leaves from sorted packed entries, then index levels until one root page."""
         keys, bids, ibs = array("Q"), array("Q"), array("Q")
-        per = 488 // entry_size
+        per = self.layout.entries // entry_size
         chunk: list[bytes] = []
         for entry in entries:
             chunk.append(entry)
@@ -309,13 +327,11 @@ class FileWriter:
         level = 1
         while len(keys) > 1:
             next_keys, next_bids, next_ibs = array("Q"), array("Q"), array("Q")
-            per = 488 // BT_ENTRY.size
+            per = self.layout.entries // BT_ENTRY.size
             for start in range(0, len(keys), per):
                 body = b"".join(BT_ENTRY.pack(keys[i], bids[i], ibs[i])
                                 for i in range(start, min(start + per, len(keys))))
-                count = min(per, len(keys) - start)
-                bid, ib = self._write_page(body.ljust(488, b"\0")
-                                           + struct.pack("<BBBBI", count, per, BT_ENTRY.size, level, 0), ptype)
+                bid, ib = self._btree_page(body, min(per, len(keys) - start), BT_ENTRY.size, level, ptype)
                 next_keys.append(keys[start])
                 next_bids.append(bid)
                 next_ibs.append(ib)
@@ -324,9 +340,7 @@ class FileWriter:
         return bids[0], ibs[0]
 
     def _leaf(self, chunk: list[bytes], entry_size: int, ptype: int, keys: array, bids: array, ibs: array) -> None:
-        per = 488 // entry_size
-        body = b"".join(chunk).ljust(488, b"\0") + struct.pack("<BBBBI", len(chunk), per, entry_size, 0, 0)
-        bid, ib = self._write_page(body, ptype)
+        bid, ib = self._btree_page(b"".join(chunk), len(chunk), entry_size, 0, ptype)
         keys.append(struct.unpack_from("<Q", chunk[0])[0] if chunk else 0)
         bids.append(bid)
         ibs.append(ib)
@@ -359,21 +373,21 @@ class FileWriter:
 
     def _write_header(self, eof: int, rgnid: list[int], nbt: tuple[int, int], bbt: tuple[int, int]) -> None:
         self._flush()
-        # An empty density list (no pages ranked, backfill not complete), as in a store
-        # Outlook has just made: MS-PST makes it optional, Outlook always writes one.
-        dlist_bid = self.next_page << 2
-        self.next_page += 1
-        body = bytes(496)
-        self.os_write(body + PAGE_TRAILER.pack(PTYPE_DL, PTYPE_DL, signature(DLIST, dlist_bid), crc(body), dlist_bid),
-                      DLIST)
+        if self.layout is UNICODE:
+            # An empty density list (no pages ranked, backfill not complete), as in a store
+            # Outlook has just made: MS-PST makes it optional, Outlook always writes one.
+            dlist_bid = self.next_page << 2
+            self.next_page += 1
+            self.os_write(self._page(bytes(496), PTYPE_DL, signature(DLIST, dlist_bid), dlist_bid), DLIST)
         header = bytearray(HEADER_SIZE)
         header[0:4] = b"!BDN"
-        struct.pack_into("<HHHBB", header, 8, 0x4D53, 23, 19, 1, 1)
+        content = 0x4D53 if self.layout is UNICODE else 0x4F53     # "SM" a PST; "SO" an OST
+        struct.pack_into("<HHHBB", header, 8, content, self.layout.version, 19, 1, 1)
         struct.pack_into("<Q", header, 32, self.next_page << 2)         # bidNextP
         struct.pack_into("<I", header, 40, 1)                           # dwUnique
         struct.pack_into("<32I", header, 44, *rgnid)
         last_amap = self._section_start(self.section)
-        struct.pack_into("<IQQQQQQQQBBH", header, 180, 0, eof, last_amap, self.free_units * UNIT, 0,
+        struct.pack_into("<IQQQQQQQQBBH", header, 180, 0, eof, last_amap, self.free_units * self.layout.amap_unit, 0,
                          nbt[0], nbt[1], bbt[0], bbt[1], 2, 0, 0)       # ROOT, fAMapValid = VALID_AMAP2
         fmap = bytes(self.fmap[:128]).ljust(128, b"\xff")
         header[256:384] = fmap

@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import files
 from .ltp import (PT_BINARY, PT_BOOLEAN, PT_LONG, PT_MV_BINARY, PT_SYSTIME, PT_UNICODE, Column, Prop,
                   Subnodes, Table, property_context)
+from .layout import UNICODE, Layout
 from .ndb import FileWriter, crc
 
 NID_MESSAGE_STORE, NID_NAME_TO_ID_MAP, NID_ROOT_FOLDER = 0x21, 0x61, 0x122
@@ -150,11 +151,11 @@ class _Folder:
 class PstWriter:
     """Writes one new PST; use as a context manager, or call `close()` (or `abort()`)."""
 
-    def __init__(self, path: Path, display_name: str = "Personal Folders"):
+    def __init__(self, path: Path, display_name: str = "Personal Folders", layout: Layout = UNICODE):
         self.path = Path(path)
         # a name of its own (created exclusively): two exports, or a file planted there, never meet
         self.partial = self.path.with_name(f".{self.path.name[:200]}.{os.urandom(6).hex()}.partial")
-        self.ndb = FileWriter(self.partial)
+        self.ndb = FileWriter(self.partial, layout)
         self.display_name = display_name
         self.store_uid = uuid.uuid5(uuid.NAMESPACE_URL, f"syncengine-pst:{self.path.name}").bytes
         self.folders: dict[int, _Folder] = {}
