@@ -55,11 +55,13 @@ class FileReport:
     changed: bool = True      # False: unchanged since the last run, not re-read
     stale: str | None = None  # C19: why its locations are those of an earlier read
     read: int = 0             # items parsed this run (a changed store re-reads only what changed)
+    reader: str | None = None  # a store's reader this run, and why that one
 
     def as_json(self) -> dict:
         return {"path": self.path, "status": self.status, "messages": self.messages,
                 "errors": [{"where": e.where, "reason": e.reason} for e in self.errors],
-                "skipped": self.skipped, "changed": self.changed, "stale": self.stale, "read": self.read}
+                "skipped": self.skipped, "changed": self.changed, "stale": self.stale, "read": self.read,
+                "reader": self.reader}
 
 
 @dataclass
@@ -549,7 +551,8 @@ class Writer:
             self._finish_source(source_id, task, size, mtime_ns, result, None, messages=len(present))
         if progress:
             progress(len(present))
-        return FileReport(text(task.path), result.status, len(present), [], result.skipped, read=len(records))
+        return FileReport(text(task.path), result.status, len(present), [], result.skipped, read=len(records),
+                          reader=f"node id, incremental: {len(records)} new or changed item(s) read")
 
     def _record_versions(self, source_id: int, path: Path, nodes: pst_nodes.Nodes | None,
                          result: SourceResult) -> None:
@@ -613,7 +616,7 @@ class Writer:
             self._finish_source(source_id, task, size, mtime_ns, result, stale)
             self._record_versions(source_id, task.path, nodes if stale is None else None, result)
         return FileReport(text(task.path), result.status, count, result.errors, result.skipped, stale=stale,
-                          read=count)
+                          read=count, reader=result.reader)
 
     def _merge_or_keep(self, source_id: int, result: SourceResult) -> str | None:
         """C19: only a whole read replaces a source's locations. After a good read, a read

@@ -57,6 +57,7 @@ class SourceResult:
     errors: list[ReadError] = field(default_factory=list)
     skipped: int = 0
     fatal: bool = False  # the file as a whole could not be read
+    reader: str | None = None  # for a store: which reader read it, and why that one
 
     @property
     def status(self) -> str:

@@ -1,6 +1,7 @@
 """Re-indexing a changed PST reads only what changed inside it, and ends exactly where a
 full re-read ends: same messages, locations, folders, roles and first-seen times, over a
-series of edits (appends, deletions, moves, a renamed folder, an emptied folder)."""
+series of edits (appends, deletions, moves, a renamed folder, an emptied folder), in both
+layouts: a PST, and the 4 KB-page OST of Outlook 2013+ (issue 24)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from syncengine import index, store
+from syncengine.pst.layout import UNICODE, UNICODE_4K, Layout
 from syncengine.pst.writer import Message, PstWriter
 
 OWNER = "alice@acme.example"
@@ -32,12 +34,14 @@ def write(path: Path, count: int, deleted=frozenset(), moved: dict[int, str] | N
     """The same mailbox each time, edited as Outlook edits a store in place: a deleted or
     moved message leaves every other node and block as it was."""
     moved, renamed = moved or {}, renamed or {}
-    with PstWriter(path, "Edited") as pst:
+    with PstWriter(path, "Edited", LAYOUT_OF[path.suffix]) as pst:
         for n in range(count):
             folder = moved.get(n, FOLDERS[n % len(FOLDERS)])
             pst.add(renamed.get(folder, folder), _message(n), deleted=n in deleted)
 
 
+LAYOUT_OF: dict[str, Layout] = {".pst": UNICODE, ".ost": UNICODE_4K}
+STORE = pytest.mark.parametrize("name", ["mailbox.pst", "mailbox.ost"])
 DELETED = frozenset(range(3, BASE, 16))
 MOVED = {n: "Junk Email" for n in range(100, 106)}
 EDITS = [
@@ -63,8 +67,9 @@ def _index(db, path: Path, now: float) -> index.FileReport:
     return reports[0]
 
 
-def test_each_edit_rereads_only_what_changed_and_equals_a_full_reread(tmp_path):
-    path = tmp_path / "mailbox.pst"
+@STORE
+def test_each_edit_rereads_only_what_changed_and_equals_a_full_reread(tmp_path, name):
+    path = tmp_path / name
     write(path, BASE)
     incremental = store.connect(tmp_path / "incremental.db")
     full = store.connect(tmp_path / "full.db")
@@ -86,8 +91,9 @@ def test_each_edit_rereads_only_what_changed_and_equals_a_full_reread(tmp_path):
         assert report.messages == len(after), name
 
 
-def test_an_unchanged_store_is_not_read_and_a_touched_one_reads_nothing(tmp_path):
-    path = tmp_path / "mailbox.pst"
+@STORE
+def test_an_unchanged_store_is_not_read_and_a_touched_one_reads_nothing(tmp_path, name):
+    path = tmp_path / name
     write(path, BASE)
     db = store.connect(tmp_path / "store.db")
     _index(db, path, now=1.0)
@@ -97,9 +103,10 @@ def test_an_unchanged_store_is_not_read_and_a_touched_one_reads_nothing(tmp_path
     assert report.changed and report.read == 0 and report.messages == BASE
 
 
+@STORE
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_a_store_damaged_after_a_good_read_falls_back_to_c19_not_to_an_empty_index(tmp_path, damage):
-    path = tmp_path / "mailbox.pst"
+def test_a_store_damaged_after_a_good_read_falls_back_to_c19_not_to_an_empty_index(tmp_path, damage, name):
+    path = tmp_path / name
     write(path, BASE)
     db = store.connect(tmp_path / "store.db")
     _index(db, path, now=1.0)

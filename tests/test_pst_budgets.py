@@ -1,4 +1,4 @@
-"""A PST reader that no crafted file can hang (issue 22, N3): the files are built here from
+"""A PST reader that no crafted file can hang (issues 22 and 24, N3): the files are built here from
 a real PST the writer makes, with valid CRCs and levels, and read through `index` (the
 node-id reader, then pypff) in a real process: one clean error, in bounded time and
 memory. And export-pst's temporary file is the user's own, created exclusively."""
@@ -11,11 +11,14 @@ import resource
 import struct
 import subprocess
 import sys
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
 
 from syncengine.pst import ndb
+from syncengine.pst.layout import TRAILER_4K, UNICODE_4K
 from syncengine.pst.writer import Attachment, Message, PstWriter
 from syncengine.readers import pst_items, pst_nodes
 
@@ -143,3 +146,58 @@ def test_n3_libpff_that_makes_no_progress_is_stopped_by_the_watchdog_and_named(t
     result = SourceResult()
     assert list(pst.read_pypff(fifo, result)) == []
     assert result.fatal and "libpff read nothing more for 2 s: stopped" in result.errors[0].reason
+
+
+def _compressed_block(path: Path) -> tuple[int, int, int]:
+    """(BID, offset, stored size) of a block stored compressed in a 4 KB-layout store."""
+    nodes = pst_nodes.read(path)
+    store = pst_items.Store(path)
+    try:
+        for data_bid in nodes.data:
+            ib, size = store._locate(data_bid)
+            stored, _, _, _, _, inflated, _ = TRAILER_4K.unpack_from(
+                os.pread(store.fd, UNICODE_4K.block_size(size), ib), UNICODE_4K.block_size(size) - TRAILER_4K.size)
+            if inflated != stored:
+                return data_bid, ib, size
+    finally:
+        store.close()
+    raise AssertionError("no compressed block was written")
+
+
+def test_n3_a_compressed_block_that_inflates_past_its_stated_size_is_one_error(tmp_path):
+    path = tmp_path / "cached.ost"
+    with PstWriter(path, layout=UNICODE_4K) as pst:
+        for n in range(5):
+            pst.add("Inbox", Message(subject=f"m{n}", sender="a@example.org", to=[ALICE], message_id=f"<m{n}@x>",
+                                     submit_time=1_700_000_000 + n, body="compressible text " * 200))
+    bid, ib, size = _compressed_block(path)
+    data = bytearray(path.read_bytes())
+    trailer = ib + UNICODE_4K.block_size(size) - TRAILER_4K.size
+    fields = list(TRAILER_4K.unpack_from(data, trailer))
+    fields[5] -= 100                                   # the trailer now understates what it inflates to
+    TRAILER_4K.pack_into(data, trailer, *fields)
+    path.write_bytes(bytes(data))
+    store = pst_items.Store(path)
+    try:
+        with pytest.raises(pst_items.ItemError, match="does not inflate to"):
+            store.block(bid)
+    finally:
+        store.close()
+    result = _run_limited("index", str(path), "--db", str(tmp_path / "store.db"), "--mailbox", ALICE, "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["errors"] and all(e["reason"] for e in report["errors"])
+
+
+def test_n3_a_deflate_bomb_stops_at_the_size_its_trailer_states():
+    """16 MB of zeros deflate to 16 KB; the reader asks zlib for no more than the block
+    may hold, so neither time nor memory follows the bomb."""
+    bomb = zlib.compress(bytes(16 << 20), 9)
+    tracemalloc.start()
+    try:
+        with pytest.raises(pst_items.ItemError, match="does not inflate to"):
+            pst_items._inflate(bomb, 8176, 0x44)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

@@ -4,15 +4,17 @@ libpff cannot read; and the stores it does not read directly go to pypff."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from syncengine.pst.layout import UNICODE, UNICODE_4K
 from syncengine.pst.writer import Attachment, Message, PstWriter
 from syncengine.readers import pst, pst_nodes
 from syncengine.record import SourceResult
 
-from .conftest import CORPUS, corpus_rows
+from .conftest import CORPUS, corpus_rows, run_cli
 
 STORES = [r for r in corpus_rows() if r["kind"] in ("pst", "ost") and "BAD-INPUT" not in r["notes"]]
 
@@ -35,9 +37,10 @@ def test_reading_by_node_id_gives_pypffs_records(row):
     assert len(node_records) - len(pypff_records) == len(by_pypff.errors)
 
 
-def test_a_generated_store_reads_the_same_both_ways(tmp_path):
+@pytest.mark.parametrize("layout", [UNICODE, UNICODE_4K], ids=["pst", "ost4k"])
+def test_a_generated_store_reads_the_same_both_ways(tmp_path, layout):
     path = tmp_path / "g.pst"
-    with PstWriter(path) as writer:
+    with PstWriter(path, layout=layout) as writer:
         for n in range(300):
             writer.add(["Inbox", "Sent Items", "Inbox/A/B", "Calendar"][n % 4],
                        Message(subject=f"S{n} ünï", sender="b@example.org", to=["a@acme.example"],
@@ -98,3 +101,28 @@ def test_corrupt_bytes_anywhere_past_the_header_give_recorded_errors_never_a_cra
         assert all(e.where and e.reason for e in result.errors)
         damaged += bool(result.errors or result.fatal or len(records) != 120)
     assert damaged > 0  # the corruption did reach the reader
+
+
+def test_index_json_names_the_reader_of_each_store_and_why(tmp_path):
+    """Issue 24: a 4 KB-page OST is read by node id, whole and then incrementally; a
+    format the node reader does not read goes to libpff, and the report says why."""
+    ost = tmp_path / "cached.ost"
+    with PstWriter(ost, layout=UNICODE_4K) as writer:
+        writer.add("Inbox", Message(subject="s", sender="b@example.org", to=["a@acme.example"], message_id="<1@x>"))
+    db = str(tmp_path / "store.db")
+    first = json.loads(run_cli("index", str(ost), "--db", db, "--mailbox", "a@acme.example", "--json",
+                               check=True).stdout.splitlines()[0])
+    assert first["reader"] == "node id" and first["messages"] == 1
+    with PstWriter(ost, layout=UNICODE_4K) as writer:
+        for n in range(2):
+            writer.add("Inbox", Message(subject=f"s{n}", sender="b@example.org", to=["a@acme.example"],
+                                        message_id=f"<{n + 1}@x>"))
+    again = json.loads(run_cli("index", str(ost), "--db", db, "--mailbox", "a@acme.example", "--json",
+                               check=True).stdout.splitlines()[0])
+    assert again["reader"].startswith("node id, incremental: 1 new or changed") and again["messages"] == 2
+    ansi = [r for r in STORES if "ansi" in r["file"].lower()]
+    if not ansi:
+        pytest.skip(f"no ANSI store in the corpus at {CORPUS}")
+    report = json.loads(run_cli("index", str(CORPUS / ansi[0]["file"]), "--db", db, "--mailbox", "a@acme.example",
+                                "--json", check=True).stdout.splitlines()[0])
+    assert report["reader"].startswith("libpff: a format read by libpff only")

@@ -151,7 +151,7 @@ def test_messages_and_recipients_carry_search_and_record_keys(ours):
 
 def _node(store: Store, path: Path, nid: int) -> tuple[int, int, int]:
     header = os.pread(store.fd, 564, 0)
-    for found, data, sub, parent in pst_anatomy._leaves(store.fd, struct.unpack_from("<Q", header, 224)[0]):
+    for found, data, sub, parent in pst_anatomy._leaves(store, struct.unpack_from("<Q", header, 224)[0]):
         if found == nid:
             return data, sub, parent
     raise AssertionError(f"no node 0x{nid:x} in {path}")

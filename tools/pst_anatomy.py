@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from syncengine.readers.pst_items import ItemError, Store, _Heap  # noqa: E402
 
-PAGE = 512
 NID_TYPES = {0x01: "internal", 0x02: "folder", 0x03: "search folder", 0x04: "message",
              0x05: "attachment", 0x06: "search update queue", 0x07: "search criteria",
              0x08: "associated message", 0x0A: "contents table index", 0x0B: "receive folder table",
@@ -65,26 +64,27 @@ def read(path: Path) -> Anatomy:
         header = os.pread(store.fd, 564, 0)
         rgnid = list(struct.unpack_from("<32I", header, 44))
         nbt = struct.unpack_from("<Q", header, 224)[0]
-        page = os.pread(store.fd, PAGE, 0x4200)
-        dlist = len(page) == PAGE and page[496] == 0x86
+        page = os.pread(store.fd, 512, 0x4200)
+        dlist = len(page) == 512 and page[496] == 0x86
         nodes = {}
-        for nid, data, sub, parent in _leaves(store.fd, nbt):
+        for nid, data, sub, parent in _leaves(store, nbt):
             nodes[nid] = _node(store, nid, data, sub, parent)
         return Anatomy(struct.unpack_from("<H", header, 10)[0], header[513], rgnid, dlist, nodes)
     finally:
         store.close()
 
 
-def _leaves(fd: int, ib: int):
-    page = os.pread(fd, PAGE, ib)
-    count, level = page[488], page[491]
+def _leaves(store: Store, ib: int):
+    layout = store.layout
+    page = os.pread(store.fd, layout.page, ib)
+    count, _, _, level = layout.counts.unpack_from(page, layout.entries)
     if level == 0:
         for i in range(count):
             nid, data, sub, parent = struct.unpack_from("<QQQI", page, i * 32)
             yield nid & 0xFFFFFFFF, data, sub, parent
         return
     for i in range(count):
-        yield from _leaves(fd, struct.unpack_from("<Q", page, i * 24 + 16)[0])
+        yield from _leaves(store, struct.unpack_from("<Q", page, i * 24 + 16)[0])
 
 
 def _node(store: Store, nid: int, data_bid: int, sub_bid: int, parent: int) -> Node:
@@ -99,7 +99,7 @@ def _node(store: Store, nid: int, data_bid: int, sub_bid: int, parent: int) -> N
     if len(first) < 12 or first[2] != 0xEC or first[3] not in (0xBC, 0x7C):
         node.data = "bytes"
         return node
-    heap = _Heap(blocks, first[3])
+    heap = _Heap(blocks, first[3], store.layout.hid_shift)
     node.root_hid = heap.root
     if first[3] == 0xBC:
         node.data = "pc"

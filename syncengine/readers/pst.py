@@ -122,17 +122,26 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
     `nodes` is the store's node B-tree when the caller read it already; with `workers`
     above 1, a large store read by node id is parsed in that many processes.
     """
+    cut = _cut_short(path)
+    if cut:
+        result.fatal = True
+        result.errors.append(ReadError(str(path), cut))
+        return
+    why = None
     if nodes is None:
         try:
             nodes = pst_nodes.read(path)
-        except pst_items.UNREADABLE:
-            nodes = None
+        except pst_items.UNREADABLE as exc:
+            nodes, why = None, f"its node B-tree is not read directly ({exc})"
+        else:
+            why = None if nodes is not None else "a format read by libpff only (ANSI, or a version not read here)"
     if nodes is not None:
         try:
             direct = Direct(path, nodes)
-        except pst_items.UNREADABLE:
-            direct = None
+        except pst_items.UNREADABLE as exc:
+            direct, why = None, f"it is not read directly ({exc})"
         if direct is not None and not direct.errors:
+            result.reader = "node id"
             try:
                 result.skipped = direct.skipped
                 inside = direct.folders
@@ -145,8 +154,29 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
                 direct.close()
             return
         if direct is not None:
+            why = f"its folders are not read directly ({direct.errors[0].reason})"
             direct.close()
+    result.reader = f"libpff: {why}"
     yield from read_pypff(path, result)
+
+
+def _cut_short(path: Path) -> str | None:
+    """Why a Unicode store is not whole, or None: it is shorter than its header says (a
+    copy still running, a disk that filled). Both readers would read such a file without
+    a complaint where its end held only free space (a 4 KB-layout OST ends in megabytes
+    of it), and then miss whatever the cut took."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(192)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None   # the reader that opens it names the reason
+    if len(header) < 192 or header[:4] != b"!BDN" or struct.unpack_from("<H", header, 10)[0] < 0x15:
+        return None
+    eof = struct.unpack_from("<Q", header, 184)[0]
+    if size < eof:
+        return f"the file is {size:,} bytes where its header says {eof:,}: cut short, or still being copied"
+    return None
 
 
 PARALLEL_FROM = 20_000   # messages: below this, starting processes costs more than it saves

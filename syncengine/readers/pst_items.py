@@ -3,7 +3,8 @@
 libpff builds its whole item tree when it opens a file (1.5 s for 20,000 items here,
 so over a minute for a million), which is the right trade for reading everything and
 the wrong one for reading the hundred items that changed. This reader follows MS-PST
-from the node id down: block B-tree, blocks (decoding the "compressible" permutation),
+from the node id down: block B-tree, blocks (decoding the "compressible" permutation,
+inflating the compressed blocks of Outlook 2013+ OSTs),
 data trees, subnode trees, heap-on-node, BTH, and property and table contexts. It reads
 only what the index needs, and offers it to readers/pst.py in the shape pypff does, so
 both paths build records with the same code.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from bisect import bisect_right
 from pathlib import Path
 
+from ..pst.layout import LAYOUTS, TRAILER_4K, UNICODE
 from .pst_nodes import NodeTreeError
 
-PAGE = 512
 CRYPT_NONE, CRYPT_PERMUTE = 0, 1
 # MS-PST 5.1 mpbbCrypt, first table (R): the "compressible" encoding is b -> R[b].
 _R = bytes.fromhex(
@@ -107,8 +109,10 @@ class Store:
         self.codepage = codepage
         self._pages: dict[int, tuple] = {}
         header = os.pread(self.fd, 564, 0)
-        if len(header) < 564 or header[:4] != b"!BDN" or struct.unpack_from("<H", header, 10)[0] != 23:
-            raise NodeTreeError("not a Unicode PST/OST with 512-byte pages")
+        self.layout = LAYOUTS.get(struct.unpack_from("<H", header, 10)[0]) if len(header) >= 564 else None
+        if header[:4] != b"!BDN" or self.layout is None:
+            os.close(self.fd)
+            raise NodeTreeError("not a Unicode PST/OST in a layout read here")
         self.crypt = header[513]
         if self.crypt not in (CRYPT_NONE, CRYPT_PERMUTE):
             raise NodeTreeError(f"encryption method {self.crypt} is not read here")
@@ -125,11 +129,12 @@ class Store:
         """A block B-tree page as (level, sorted keys, (offset, size) or (child offset, 0))."""
         parsed = self._pages.get(ib)
         if parsed is None:
-            page = os.pread(self.fd, PAGE, ib)
-            if len(page) < PAGE or page[496] != 0x80:
+            layout = self.layout
+            page = os.pread(self.fd, layout.page, ib)
+            if len(page) < layout.page or page[layout.trailer_at] != 0x80:
                 raise ItemError(f"no block B-tree page at offset {ib}")
-            count, level = page[488], page[491]
-            if count > 20:
+            count, _, _, level = layout.counts.unpack_from(page, layout.entries)
+            if count > layout.entries // 24:
                 raise ItemError(f"block B-tree page at offset {ib} is malformed")
             if level == 0:
                 rows = [(key & ~1, (at, size)) for key, at, size, _, _ in struct.iter_unpack("<QQHHI", page[:count * 24])]
@@ -158,11 +163,23 @@ class Store:
 
     def block(self, bid: int) -> bytes:
         ib, size = self._locate(bid)
-        data = os.pread(self.fd, size, ib)
+        if self.layout is UNICODE:
+            data = os.pread(self.fd, size, ib)
+            inflated = size
+        else:  # the trailer says whether the block is stored compressed, and how large it inflates
+            whole = os.pread(self.fd, self.layout.block_size(size), ib)
+            if len(whole) < self.layout.block_size(size):
+                raise ItemError(f"block 0x{bid:x} runs past the end of the file")
+            stored, _, _, _, _, inflated, _ = TRAILER_4K.unpack_from(whole, len(whole) - TRAILER_4K.size)
+            if stored != size:
+                raise ItemError(f"block 0x{bid:x}: its trailer says {stored} bytes, the block B-tree {size}")
+            data = whole[:size]
         if len(data) < size:
             raise ItemError(f"block 0x{bid:x} runs past the end of the file")
         if self.decode is not None and not bid & 2:  # internal blocks are never encoded
             data = data.translate(self.decode)
+        if inflated and inflated != size:
+            data = _inflate(data, inflated, bid)
         return data
 
     def data(self, bid: int) -> list[bytes]:
@@ -221,7 +238,7 @@ class Store:
 
     def properties(self, data_bid: int, sub_bid: int) -> Props:
         """A property context (a message, folder or the store object)."""
-        heap = _Heap(self.data(data_bid), 0xBC)
+        heap = _Heap(self.data(data_bid), 0xBC, self.layout.hid_shift)
         subnodes = self.subnodes(sub_bid)
         cells = {}
         for key, value in heap.bth(heap.root):
@@ -231,7 +248,7 @@ class Store:
 
     def table(self, data_bid: int, sub_bid: int) -> list[Props]:
         """The rows of a table context (a message's recipients)."""
-        heap = _Heap(self.data(data_bid), 0x7C)
+        heap = _Heap(self.data(data_bid), 0x7C, self.layout.hid_shift)
         subnodes = self.subnodes(sub_bid)
         info = heap.get(heap.root)
         if info[0] != 0x7C:
@@ -272,16 +289,31 @@ class Store:
         return self.data(subnodes[nid][0])
 
 
+def _inflate(data: bytes, size: int, bid: int) -> bytes:
+    """A compressed block's data, which must inflate to exactly the size its trailer
+    states (at most 64 KB: the field has 16 bits). N3: the output is capped at that size,
+    so a crafted block cannot make the reader allocate more."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, size)
+    except zlib.error as exc:
+        raise ItemError(f"block 0x{bid:x} does not inflate: {exc}") from None
+    if len(out) != size or inflater.unconsumed_tail or not inflater.eof:
+        raise ItemError(f"block 0x{bid:x} does not inflate to the {size} bytes its trailer states")
+    return out
+
+
 class _Heap:
-    def __init__(self, pages: list[bytes], client: int):
+    def __init__(self, pages: list[bytes], client: int, shift: int):
         self.pages = pages
+        self.shift = shift
         first = pages[0]
         if len(first) < 12 or first[2] != 0xEC or first[3] != client:
             raise ItemError(f"not a heap of kind 0x{client:02x}")
         self.root = struct.unpack_from("<I", first, 4)[0]
 
     def get(self, hid: int) -> bytes:
-        block, index = hid >> 16, (hid >> 5) & 0x7FF
+        block, index = hid >> self.shift, (hid >> 5) & ((1 << (self.shift - 5)) - 1)
         if block >= len(self.pages) or index == 0:
             raise ItemError(f"heap id 0x{hid:x} out of range")
         page = self.pages[block]

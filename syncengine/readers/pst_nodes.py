@@ -4,8 +4,9 @@ Blocks in a PST are never rewritten in place: a changed message gets new blocks,
 node whose (data BID, subnode BID, parent) is what the index saw last time holds what
 it held then. That lets a re-index find what changed in a store of a million items
 from the node B-tree alone (a few megabytes of 512-byte pages), and open only those
-items. Only the Unicode format with 512-byte pages (wVer 23, PST and pre-2013 OST) is
-read here; for others `read` returns None and the caller reads the whole store.
+items. Both Unicode layouts are read (syncengine/pst/layout.py: wVer 23, PSTs and
+pre-2013 OSTs; wVer 36, the 4 KB-page OST of Outlook 2013+); for any other `read`
+returns None and the caller reads the whole store.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-UNICODE = 23
-PAGE = 512
+from ..pst.layout import LAYOUTS, Layout
+
 PTYPE_NBT = 0x81
 NID_TYPE_MESSAGE = 0x04
 OTHER_TYPES = {0x01, 0x02, 0x03}   # internal (store object, name map), folders, search folders
@@ -55,11 +56,15 @@ def read(path: Path) -> Nodes | None:
         header = os.pread(fd, 564, 0)
         if len(header) < 564 or header[:4] != b"!BDN":
             raise NodeTreeError("no PST header")
-        if struct.unpack_from("<H", header, 10)[0] != UNICODE:
+        layout = LAYOUTS.get(struct.unpack_from("<H", header, 10)[0])
+        if layout is None:
             return None
+        eof, size = struct.unpack_from("<Q", header, 184)[0], os.fstat(fd).st_size
+        if size < eof:
+            raise NodeTreeError(f"the file is {size:,} bytes where its header says {eof:,}: cut short")
         nbt_ib = struct.unpack_from("<Q", header, 224)[0]
         nodes = Nodes(array("Q"), array("Q"), array("q"), array("Q"), array("Q"), {})
-        _walk(fd, nbt_ib, None, nodes, set(), os.fstat(fd).st_size // PAGE)
+        _walk(fd, layout, nbt_ib, None, nodes, set(), size // layout.page)
         return nodes
     finally:
         os.close(fd)
@@ -71,22 +76,23 @@ def version(data: int, sub: int, parent: int) -> int:
     return (data * 0x9E3779B97F4A7C15 ^ sub * 0xC2B2AE3D27D4EB4F ^ parent) & 0x7FFFFFFFFFFFFFFF
 
 
-def _walk(fd: int, ib: int, expected: int | None, nodes: Nodes, seen: set[int], pages: int) -> None:
+def _walk(fd: int, layout: Layout, ib: int, expected: int | None, nodes: Nodes, seen: set[int], pages: int) -> None:
     if ib in seen:
         raise NodeTreeError(f"node B-tree page at offset {ib} is reached twice: a crafted or broken tree")
     if len(seen) >= pages:
         raise NodeTreeError("node B-tree has more pages than the file can hold")
     seen.add(ib)
-    page = os.pread(fd, PAGE, ib)
-    if len(page) < PAGE or page[496] != PTYPE_NBT or page[497] != PTYPE_NBT:
+    page = os.pread(fd, layout.page, ib)
+    at = layout.trailer_at
+    if len(page) < layout.page or page[at] != PTYPE_NBT or page[at + 1] != PTYPE_NBT:
         raise NodeTreeError(f"no node B-tree page at offset {ib}")
-    if zlib.crc32(page[:496], 0xFFFFFFFF) ^ 0xFFFFFFFF != struct.unpack_from("<I", page, 500)[0]:
+    if zlib.crc32(page[:at], 0xFFFFFFFF) ^ 0xFFFFFFFF != struct.unpack_from("<I", page, at + 4)[0]:
         raise NodeTreeError(f"node B-tree page at offset {ib} fails its CRC")
-    count, _, size, level = page[488], page[489], page[490], page[491]
+    count, _, size, level = layout.counts.unpack_from(page, layout.entries)
     if level > MAX_DEPTH or (expected is not None and level != expected):
         raise NodeTreeError(f"node B-tree page at offset {ib} has level {level} where {expected} belongs")
     if level == 0:
-        if size != LEAF.size or count > 488 // LEAF.size:
+        if size != LEAF.size or count > layout.entries // LEAF.size:
             raise NodeTreeError(f"node B-tree leaf at offset {ib} is malformed")
         for nid, data, sub, parent, _ in LEAF.iter_unpack(page[:count * LEAF.size]):
             kind = nid & 0x1F
@@ -99,7 +105,7 @@ def _walk(fd: int, ib: int, expected: int | None, nodes: Nodes, seen: set[int], 
             elif kind in OTHER_TYPES:
                 nodes.others[nid & 0xFFFFFFFF] = (data, sub, parent)
         return
-    if size != INDEX.size or count > 488 // INDEX.size:
+    if size != INDEX.size or count > layout.entries // INDEX.size:
         raise NodeTreeError(f"node B-tree page at offset {ib} is malformed")
     for _, _, child in INDEX.iter_unpack(page[:count * INDEX.size]):
-        _walk(fd, child, level - 1, nodes, seen, pages)
+        _walk(fd, layout, child, level - 1, nodes, seen, pages)
