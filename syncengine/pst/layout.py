@@ -8,10 +8,12 @@
   512 bytes with a 24-byte trailer that also holds the inflated size of a block stored
   DEFLATE-compressed (zlib), AMaps from 0x22000 with one bit per 512 bytes.
 
-Heap ids differ too: the 4 KB layout gives a heap page 13 bits of a HID and its index
-14 (libpff reads them so), where MS-PST gives 16 and 11. What a layout leaves alone is
-shared: the entry formats of both B-trees, the data and subnode trees, heap pages,
-property and table contexts (a block's inflated data is at most 8,176 bytes in both).
+Heaps differ too: the 4 KB layout gives a heap page 13 bits of a HID and its index 14
+(libpff reads them so), where MS-PST gives 16 and 11; with 8,192 pages at most, a heap
+there takes pages as large as a block (64 KB), or a folder of 400,000 messages would
+not fit its contents table. What a layout leaves alone is shared: the entry formats of
+both B-trees, the data and subnode trees (8,176-byte blocks), property and table
+contexts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class Layout:
     amap_unit: int               # bytes one AMap bit stands for
     compressed: bool             # blocks may be stored DEFLATE-compressed
     hid_shift: int               # a heap id is (page << hid_shift) | (index << 5)
+
+    @property
+    def block_data(self) -> int:
+        """The most data (inflated) one block holds: a heap page at most."""
+        return self.block_max - self.block_trailer
 
     @property
     def section(self) -> int:

@@ -21,7 +21,6 @@ from .ndb import BLOCK_DATA, FileWriter
 HN_SIG = 0xEC
 CLIENT_TC, CLIENT_BTH, CLIENT_PC = 0x7C, 0xB5, 0xBC
 ALLOC_MAX = 3580
-ALLOCS_PER_PAGE = 2047  # hidIndex has 11 bits
 
 # Property types (MS-OXCDATA 2.11.1).
 PT_SHORT, PT_LONG, PT_BOOLEAN, PT_I8 = 0x0002, 0x0003, 0x000B, 0x0014
@@ -75,11 +74,11 @@ class _Page:
 
     __slots__ = ("index", "header", "allocations", "room")
 
-    def __init__(self, index: int, header: int):
+    def __init__(self, index: int, header: int, size: int):
         self.index = index
         self.header = header                      # bytes before the first allocation
         self.allocations: list[bytes] = []
-        self.room = BLOCK_DATA - header - 4 - 2 - 1   # cAlloc, cFree, the closing offset, pad
+        self.room = size - header - 4 - 2 - 1     # cAlloc, cFree, the closing offset, pad
 
     def free(self) -> int:
         return max(0, self.room)
@@ -93,8 +92,10 @@ class Heap:
         self.client = client
         self.hid_shift = layout.hid_shift
         self.max_pages = 1 << (32 - layout.hid_shift)
+        self.page_size = layout.block_data
+        self.allocs_per_page = (1 << (layout.hid_shift - 5)) - 1
         self.ndb = ndb
-        self.pages: dict[int, _Page] = {0: _Page(0, 12)}
+        self.pages: dict[int, _Page] = {0: _Page(0, 12, self.page_size)}
         self.current = self.pages[0]
         self.written: dict[int, tuple[int, int]] = {}   # page index -> (bid, size)
         self.levels: dict[int, int] = {}
@@ -108,7 +109,7 @@ class Heap:
     def allocate(self, data: bytes) -> int:
         size = len(data) + 2
         page = self.current
-        if size > page.room or len(page.allocations) >= ALLOCS_PER_PAGE:
+        if size > page.room or len(page.allocations) >= self.allocs_per_page:
             if size > ALLOC_MAX + 2:
                 raise ValueError(f"a heap allocation holds at most {ALLOC_MAX} bytes")
             self._next_page()
@@ -136,7 +137,7 @@ class Heap:
             raise ValueError(f"a heap holds at most {self.max_pages:,} pages")
         previous = self.current
         self.levels[previous.index] = _fill_level(previous.free())
-        self.current = self.pages[index] = _Page(index, self._header_size(index))
+        self.current = self.pages[index] = _Page(index, self._header_size(index), self.page_size)
         if self.ndb is not None:
             self._write_settled()
 

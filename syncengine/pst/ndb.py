@@ -207,8 +207,8 @@ class FileWriter:
         `table` blocks (pages of a folder's table, written while messages stream in) are
         numbered from a range of their own, so a message's block ids depend only on the
         messages before it, as they do in a store Outlook edits in place."""
-        if len(data) > BLOCK_DATA:
-            raise ValueError(f"a block holds at most {BLOCK_DATA} bytes, not {len(data)}")
+        if len(data) > self.layout.block_data:
+            raise ValueError(f"a block holds at most {self.layout.block_data} bytes, not {len(data)}")
         if table:
             bid = (self.next_table_block << 2) | (2 if internal else 0)
             self.next_table_block += 1
