@@ -9,11 +9,15 @@ from collections import defaultdict
 from .. import coverage, normalise, rules
 from .. import directory as directory_mod
 from .events import Event
-from .log import _append
+from .log import _append, next_seq
 
 
-def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> list[dict]:
-    deltas: list[dict] = []
+def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> int:
+    """Decide and write this event's deltas, each step's as soon as it is decided (memory
+    does not follow a reconcile's size); returns how many. Purges look only at deliveries
+    of earlier calls, as when a call's deltas were written at its end."""
+    before = next_seq(conn)
+    written = 0
     for mailbox in event.mailboxes:
         addresses = sorted(view.addresses(mailbox))  # C19: exports indexed under an alias are the primary's
         if coverage.waiting_for_index(conn, addresses):
@@ -26,11 +30,11 @@ def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_
             conn.execute("UPDATE event_mailboxes SET reconciled_at = ? WHERE event = ? AND mailbox = ?",
                          (now, event.id, mailbox))
         if event.phase in ("reconciling", "active"):
-            deltas.extend(_decide_entries(conn, event, mailbox, now, view))
-            deltas.extend(_decide_outbox(conn, event, mailbox, addresses, now))
+            written += _decide_entries(conn, event, mailbox, now, view)
+            written += _append(conn, _decide_outbox(conn, event, mailbox, addresses, now))
         if event.phase in ("active", "ending"):
-            deltas.extend(_decide_purges(conn, event, mailbox, addresses, since, now))
-    return _append(conn, deltas)
+            written += _append(conn, _decide_purges(conn, event, mailbox, addresses, since, now, before))
+    return written
 
 
 _LOCAL_COLUMNS = ("s.path || '#' || l.locator, m.message_id, m.submit_ts, m.resent_key, m.sender,"
@@ -60,7 +64,7 @@ _ENTRY_COLUMNS = ("id, entry_id, address, kind, message_id, header_ts, resent_ke
                   " subject_norm, status, expired, message_class, fingerprint, subject, content")
 
 
-def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[dict]:
+def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> int:
     addresses = sorted(view.addresses(mailbox))
     groups = view.groups(mailbox) if event.expand_lists else set()
     marks = ", ".join("?" * len(addresses))
@@ -75,27 +79,23 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> list[
         f" ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
         (cursor, now, *addresses, int(event.expand_lists), event.id, mailbox))]
     if not ids:
-        return []
+        return 0
     later = conn.execute("SELECT min(id) FROM entries WHERE id > ? AND visible_at > ?", (cursor, now)).fetchone()[0]
     conn.execute("UPDATE event_mailboxes SET entry_cursor = ? WHERE event = ? AND mailbox = ?",
                  (max(ids) if later is None else min(max(ids), later - 1), event.id, mailbox))
-    delivered = rules.Delivered()
-    for row in conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm, fingerprint"
-                            " FROM deliveries WHERE event = ? AND mailbox = ?", (event.id, mailbox)):
-        delivered.add(_canonical(_msg(row), view), row[6])
-    deltas: list[dict] = []
+    written = 0
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_entry (position INTEGER PRIMARY KEY, id INTEGER)")
     for start in range(0, len(ids), ENTRY_CHUNK):
         conn.execute("DELETE FROM want_entry")
         conn.executemany("INSERT INTO want_entry VALUES (?, ?)", enumerate(ids[start:start + ENTRY_CHUNK]))
         rows = conn.execute(f"SELECT {', '.join('e.' + c.strip() for c in _ENTRY_COLUMNS.split(','))}"
                             f" FROM want_entry w CROSS JOIN entries e ON e.id = w.id ORDER BY w.position").fetchall()
-        deltas.extend(_decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows, delivered))
-    return deltas
+        written += _append(conn, _decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows))
+    return written
 
 
 def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses: list[str], groups: set[str],
-                  rows: list, delivered: rules.Delivered) -> list[dict]:
+                  rows: list) -> list[dict]:
     outcomes: list[tuple] = []
     batch = []
     for row in rows:
@@ -104,6 +104,7 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
         else:
             batch.append(row)
     locals_by_mid, locals_by_key = _candidates(conn, event, addresses, batch, view)
+    delivered = _delivered(conn, event, mailbox, batch, view)
     at = event.started_at if event.phase == "reconciling" else now
     deltas = []
     for row in batch:
@@ -164,6 +165,27 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
     return by_mid, by_key
 
 
+def _delivered(conn, event: Event, mailbox: str, batch: list, view: directory_mod.DirectoryView) -> rules.Delivered:
+    """What this event delivered to this mailbox that the batch's entries could be (C8,
+    C17): by their Message-IDs (the keys _candidates just listed) and, for entries without
+    one, their fingerprints (C5). Earlier chunks' deliveries are in the log already; the
+    batch's own join as they are decided. Memory follows the batch, not the event."""
+    delivered = rules.Delivered()
+    for row in conn.execute(
+            "SELECT d.message_id, d.submit_ts, d.resent_key, d.sender, d.recipients, d.subject_norm, d.fingerprint"
+            " FROM want_mid w CROSS JOIN deliveries d ON d.event = ? AND d.mailbox = ? AND d.message_id = w.message_id",
+            (event.id, mailbox)):
+        delivered.add(_canonical(_msg(row), view), row[6])
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_fingerprint (fingerprint TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM want_fingerprint")
+    conn.executemany("INSERT OR IGNORE INTO want_fingerprint VALUES (?)", [(r[13],) for r in batch if not r[4]])
+    for (fingerprint,) in conn.execute(
+            "SELECT d.fingerprint FROM want_fingerprint w CROSS JOIN deliveries d ON d.event = ? AND d.mailbox = ?"
+            " AND d.fingerprint = w.fingerprint WHERE d.message_id IS NULL OR d.message_id = ''", (event.id, mailbox)):
+        delivered.without_mid.add(fingerprint)
+    return delivered
+
+
 def _spellings(sender: str, view: directory_mod.DirectoryView) -> set[str]:
     """Every address a sender may be written with: itself, its primary and their aliases."""
     return {sender} | view.addresses(sender)
@@ -216,7 +238,7 @@ def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: 
 
 
 def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since: float,
-                   now: float) -> list[dict]:
+                   now: float, before: int) -> list[dict]:
     """C12, C14, C15: copies that appeared after the mailbox was reconciled (its event's
     start, or later when it waited for its index: C19) of what continuity delivered.
     Never a baseline location (the mailbox's own mail before the engine knew it, C19),
@@ -228,18 +250,19 @@ def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since
         f" FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
         f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND l.baseline = 0 AND s.missing_since IS NULL"
         f" AND l.seen_at > ? AND l.seen_at <= ? AND m.message_id IN (SELECT message_id FROM deliveries"
-        f"   WHERE event = ? AND mailbox = ?)"
+        f"   WHERE event = ? AND mailbox = ? AND seq < ?)"
         f" AND NOT EXISTS (SELECT 1 FROM purged p WHERE p.event = ? AND p.mailbox = ?"
         f"   AND p.location = l.id) ORDER BY l.seen_at, l.id",
-        (*addresses, since, limit, event.id, mailbox, event.id, mailbox)).fetchall()
+        (*addresses, since, limit, event.id, mailbox, before, event.id, mailbox)).fetchall()
     deltas = []
     for row in rows:
         local = _msg(row, 1)
-        if row[13] is not None and _ours(conn, event, mailbox, row[13], local):
+        if row[13] is not None and _ours(conn, event, mailbox, row[13], local, before):
             continue
         delivered = [_msg(r) for r in conn.execute(
             "SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
-            " WHERE event = ? AND mailbox = ? AND message_id = ?", (event.id, mailbox, local.message_id))]
+            " WHERE event = ? AND mailbox = ? AND message_id = ? AND seq < ?",
+            (event.id, mailbox, local.message_id, before))]
         if not rules.purge_match(local, delivered):  # kept: said in the report and status, once
             conn.execute("INSERT INTO kept_copies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                          (event.id, mailbox, row[0], row[8], normalise.display_message_id(local.message_id),
@@ -255,13 +278,13 @@ def _decide_purges(conn, event: Event, mailbox: str, addresses: list[str], since
     return deltas
 
 
-def _ours(conn, event: Event, mailbox: str, tag: str, local: rules.Msg) -> bool:
+def _ours(conn, event: Event, mailbox: str, tag: str, local: rules.Msg, before: int) -> bool:
     """C12: an `X-Syncengine-Delivery: <event>/<seq>` tag counts only when it names a delivery
     of this event to this mailbox of the same message (C4). Any other value (another event,
     a seq that does not exist, another message's delivery, a malformed one) is ignored:
     mail from outside cannot shield its own Exchange copy from a purge."""
     name, _, seq = tag.strip().rpartition("/")
-    if name != event.name or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
+    if name != event.name or not (seq.isascii() and seq.isdigit()) or len(seq) > 18 or int(seq) >= before:
         return False
     row = conn.execute("SELECT message_id, submit_ts, resent_key, sender, recipients, subject_norm FROM deliveries"
                        " WHERE event = ? AND mailbox = ? AND seq = ?", (event.id, mailbox, int(seq))).fetchone()

@@ -13,18 +13,19 @@ from .common import EngineError, get_settings
 from .decide import _decide
 from .events import _EVENT_SELECT, _event, check_event_name, open_events
 from .ingest import directory_at
+from .log import Written, next_seq
 from .report import _close
 
 
 def start_event(db: sqlite_utils.Database, name: str, mailboxes: list[str], expand_lists: bool,
-                now: float, no_local_mail: list[str] = ()) -> list[dict]:
+                now: float, no_local_mail: list[str] = ()) -> Written:
     """C1, C3: create the event and reconcile each mailbox, in one transaction."""
     with transaction(db.conn) as conn:
         return start_event_in(conn, name, mailboxes, expand_lists, now, no_local_mail)
 
 
 def start_event_in(conn: sqlite3.Connection, name: str, mailboxes: list[str], expand_lists: bool,
-                   now: float, no_local_mail: list[str] = ()) -> list[dict]:
+                   now: float, no_local_mail: list[str] = ()) -> Written:
     """start_event inside the caller's transaction (replay journals its step in it).
     `no_local_mail` names covered mailboxes declared to have no local mail at all (C19):
     with no export they are whole, and every entry is new to them."""
@@ -58,9 +59,10 @@ def start_event_in(conn: sqlite3.Connection, name: str, mailboxes: list[str], ex
     conn.executemany("INSERT INTO event_mailboxes (event, mailbox) VALUES (?, ?)",
                      [(cursor.lastrowid, m) for m in wanted])
     event = _event(conn, conn.execute(f"{_EVENT_SELECT} WHERE id = ?", (cursor.lastrowid,)).fetchone())
-    written = _decide(conn, event, now, view)
+    first = next_seq(conn)
+    _decide(conn, event, now, view)
     conn.execute("UPDATE events SET phase = 'active' WHERE id = ?", (event.id,))
-    return written
+    return Written(conn, first, next_seq(conn) - 1)
 
 
 def end_event(db: sqlite_utils.Database, name: str, now: float) -> None:
@@ -78,21 +80,21 @@ def end_event_in(conn: sqlite3.Connection, name: str, now: float) -> None:
     conn.execute("UPDATE events SET phase = 'ending', ended_at = ? WHERE name = ?", (now, name))
 
 
-def poll(db: sqlite_utils.Database, now: float, events: list[str] | None = None) -> list[dict]:
+def poll(db: sqlite_utils.Database, now: float, events: list[str] | None = None) -> Written:
     """One poll of every open event (or of `events`): decide, write, close what is due."""
     with transaction(db.conn) as conn:
         return poll_in(conn, now, events)
 
 
-def poll_in(conn: sqlite3.Connection, now: float, events: list[str] | None = None) -> list[dict]:
+def poll_in(conn: sqlite3.Connection, now: float, events: list[str] | None = None) -> Written:
     """poll inside the caller's transaction."""
     view = directory_at(conn, now)
-    written = []
+    first = next_seq(conn)
     for event in open_events(conn):
         if events is not None and event.name not in events:
             continue
-        written.extend(_decide(conn, event, now, view))
+        _decide(conn, event, now, view)
         conn.execute("UPDATE events SET last_poll = ? WHERE id = ?", (now, event.id))
         if event.phase == "ending" and now >= event.closes_at:
             _close(conn, event, now)
-    return written
+    return Written(conn, first, next_seq(conn) - 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 
 import msgspec
 import sqlite_utils
@@ -14,14 +15,14 @@ _DELTA_FIELDS = ("seq", "mailbox_seq", "at", "event", "mailbox", "action", "fold
                  "fingerprint", "source", "content", "reason")
 
 
-def _append(conn: sqlite3.Connection, deltas: list[dict]) -> list[dict]:
+def _append(conn: sqlite3.Connection, deltas: list[dict]) -> int:
     """Number the deltas (seq gap-free overall, mailbox_seq per mailbox) and write them,
-    with the deliveries they record, inside the caller's transaction."""
+    with the deliveries they record, inside the caller's transaction; returns how many."""
     if not deltas:
-        return []
-    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0]
+        return 0
+    seq = next_seq(conn) - 1
     per_mailbox: dict[str, int] = {}
-    rows, deliveries, written = [], [], []
+    rows, deliveries = [], []
     for delta in deltas:
         mailbox = delta["mailbox"]
         if mailbox not in per_mailbox:
@@ -35,13 +36,47 @@ def _append(conn: sqlite3.Connection, deltas: list[dict]) -> list[dict]:
             event_id, msg = delivery
             deliveries.append((event_id, mailbox, seq, msg.message_id, msg.submit_ts, msg.resent_key,
                                msg.sender, msg.recipients, msg.subject_norm, delta["fingerprint"]))
-        line = as_json(delta)
-        written.append(line)
-        rows.append(tuple(delta[f] for f in _DELTA_FIELDS) + (_ENCODE(line),))
+        rows.append(tuple(delta[f] for f in _DELTA_FIELDS) + (_ENCODE(as_json(delta)),))
     conn.executemany(f"INSERT INTO deltas ({', '.join(_DELTA_FIELDS)}, body)"
                      f" VALUES ({', '.join('?' * 14)})", rows)
     conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", deliveries)
-    return written
+    return len(rows)
+
+
+def next_seq(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(seq), 0) FROM deltas").fetchone()[0] + 1
+
+
+class Written(Sequence):
+    """The deltas one call wrote (seq `first` to `last`), read back from the log when looked
+    at: a reconcile of 440,000 entries writes them chunk by chunk and holds none of them.
+    Compares equal to a list of the same deltas, as formats.md writes them."""
+
+    def __init__(self, conn: sqlite3.Connection, first: int, last: int):
+        self.conn, self.first, self.last = conn, first, last
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("delta index out of range")
+        return _DECODE(self.conn.execute("SELECT body FROM deltas WHERE seq = ?", (self.first + index,)).fetchone()[0])
+
+    def __iter__(self) -> Iterator[dict]:
+        for (body,) in self.conn.execute("SELECT body FROM deltas WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                                         (self.first, self.last)):
+            yield _DECODE(body)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Written(seq {self.first}..{self.last}: {len(self)} deltas)"
 
 
 _ENCODE = msgspec.json.Encoder().encode
