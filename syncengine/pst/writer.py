@@ -81,7 +81,7 @@ SEARCH_CONTENTS_COLUMNS = _columns(0x00170003, 0x001A001F, 0x00360003, 0x0037001
 RECIPIENT_COLUMNS = _columns(0x0C150003, 0x0E0F000B, 0x0FF90102, 0x0FFE0003, 0x0FFF0102, 0x3001001F,
                              0x3002001F, 0x3003001F, 0x300B0102, 0x39000003, 0x39FF001F, 0x3A40000B)
 # Outlook's message recipient tables carry the SMTP address beside the template's columns
-# (every message of aspose-email-net__Outlook.pst does); our reader and libpst read it.
+# (every message of tika__testPST_variousBodyTypes.pst does); our reader and libpst read it.
 MESSAGE_RECIPIENT_COLUMNS = RECIPIENT_COLUMNS + _columns(0x39FE001F)
 ATTACHMENT_COLUMNS = _columns(0x0E200003, 0x3704001F, 0x37050003, 0x370B0003)
 TEMPLATES = {
