@@ -145,7 +145,7 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
             try:
                 result.skipped = direct.skipped
                 inside = direct.folders
-                indexes = array("L", (i for i, parent in enumerate(nodes.parents) if parent in inside))
+                indexes = array("I", (i for i, parent in enumerate(nodes.parents) if parent in inside))
                 if workers > 1 and len(indexes) >= PARALLEL_FROM:
                     yield from _parallel(path, nodes, indexes, result, workers)
                 else:
