@@ -140,13 +140,17 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
     locations by message): left to itself the planner may scan every location of the
     mailbox instead."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_key (sender TEXT, subject_norm TEXT,"
+    # every_local: an entry without a Message-ID has this key, so any local may C5-match it;
+    # for entries with one, only locals without one can (C5), and those with the same
+    # Message-ID come by want_mid already.
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_fallback (sender TEXT, subject_norm TEXT, every_local INTEGER,"
                  " PRIMARY KEY (sender, subject_norm)) WITHOUT ROWID")
     conn.execute("DELETE FROM want_mid")
-    conn.execute("DELETE FROM want_key")
+    conn.execute("DELETE FROM want_fallback")
     conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?)", [(r[4],) for r in batch if r[4]])
-    conn.executemany("INSERT OR IGNORE INTO want_key VALUES (?, ?)",
-                     [(sender, r[9]) for r in batch if r[7] for sender in _spellings(r[7], view)])
+    conn.executemany("INSERT INTO want_fallback VALUES (?, ?, ?) ON CONFLICT (sender, subject_norm)"
+                     " DO UPDATE SET every_local = max(every_local, excluded.every_local)",
+                     [(sender, r[9], int(not r[4])) for r in batch if r[7] for sender in _spellings(r[7], view)])
     by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
     by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
     marks = ", ".join("?" * len(addresses))
@@ -156,10 +160,11 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
             f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND {_PRESENT}", (*addresses, event.started_at)):
         by_mid[row[1]].append(rules.LocalIn(row[0], _canonical(_msg(row, 1), view)))
     for row in conn.execute(
-            f"SELECT {_LOCAL_COLUMNS} FROM want_key w CROSS JOIN messages m ON m.sender = w.sender"
+            f"SELECT {_LOCAL_COLUMNS} FROM want_fallback w CROSS JOIN messages m ON m.sender = w.sender"
             f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
             f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.received = 1"
-            f" AND {_PRESENT}", (*addresses, event.started_at)):
+            f" AND (w.every_local OR m.message_id IS NULL OR m.message_id = '') AND {_PRESENT}",
+            (*addresses, event.started_at)):
         local = _canonical(_msg(row, 1), view)
         by_key[(local.sender, local.subject_norm)].append(rules.LocalIn(row[0], local))
     return by_mid, by_key
