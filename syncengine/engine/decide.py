@@ -12,12 +12,11 @@ from .events import Event
 from .log import _append, next_seq
 
 
-def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> int:
+def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_mod.DirectoryView) -> None:
     """Decide and write this event's deltas, each step's as soon as it is decided (memory
-    does not follow a reconcile's size); returns how many. Purges look only at deliveries
-    of earlier calls, as when a call's deltas were written at its end."""
+    does not follow a reconcile's size). Purges look only at deliveries of earlier calls,
+    as when a call's deltas were written at its end."""
     before = next_seq(conn)
-    written = 0
     for mailbox in event.mailboxes:
         addresses = sorted(view.addresses(mailbox))  # C19: exports indexed under an alias are the primary's
         if coverage.waiting_for_index(conn, addresses):
@@ -30,11 +29,10 @@ def _decide(conn: sqlite3.Connection, event: Event, now: float, view: directory_
             conn.execute("UPDATE event_mailboxes SET reconciled_at = ? WHERE event = ? AND mailbox = ?",
                          (now, event.id, mailbox))
         if event.phase in ("reconciling", "active"):
-            written += _decide_entries(conn, event, mailbox, now, view)
-            written += _append(conn, _decide_outbox(conn, event, mailbox, addresses, now))
+            _decide_entries(conn, event, mailbox, now, view)
+            _append(conn, _decide_outbox(conn, event, mailbox, addresses, now))
         if event.phase in ("active", "ending"):
-            written += _append(conn, _decide_purges(conn, event, mailbox, addresses, since, now, before))
-    return written
+            _append(conn, _decide_purges(conn, event, mailbox, addresses, since, now, before))
 
 
 _LOCAL_COLUMNS = ("s.path || '#' || l.locator, m.message_id, m.submit_ts, m.resent_key, m.sender,"
@@ -64,7 +62,7 @@ _ENTRY_COLUMNS = ("id, entry_id, address, kind, message_id, header_ts, resent_ke
                   " subject_norm, status, expired, message_class, fingerprint, subject, content")
 
 
-def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> int:
+def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> None:
     addresses = sorted(view.addresses(mailbox))
     groups = view.groups(mailbox) if event.expand_lists else set()
     marks = ", ".join("?" * len(addresses))
@@ -79,19 +77,17 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> int:
         f" ORDER BY e.visible_at, e.snapshot_id, e.page, e.position",
         (cursor, now, *addresses, int(event.expand_lists), event.id, mailbox))]
     if not ids:
-        return 0
+        return
     later = conn.execute("SELECT min(id) FROM entries WHERE id > ? AND visible_at > ?", (cursor, now)).fetchone()[0]
     conn.execute("UPDATE event_mailboxes SET entry_cursor = ? WHERE event = ? AND mailbox = ?",
                  (max(ids) if later is None else min(max(ids), later - 1), event.id, mailbox))
-    written = 0
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_entry (position INTEGER PRIMARY KEY, id INTEGER)")
     for start in range(0, len(ids), ENTRY_CHUNK):
         conn.execute("DELETE FROM want_entry")
         conn.executemany("INSERT INTO want_entry VALUES (?, ?)", enumerate(ids[start:start + ENTRY_CHUNK]))
         rows = conn.execute(f"SELECT {', '.join('e.' + c.strip() for c in _ENTRY_COLUMNS.split(','))}"
                             f" FROM want_entry w CROSS JOIN entries e ON e.id = w.id ORDER BY w.position").fetchall()
-        written += _append(conn, _decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows))
-    return written
+        _append(conn, _decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows))
 
 
 def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses: list[str], groups: set[str],

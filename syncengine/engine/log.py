@@ -15,11 +15,11 @@ _DELTA_FIELDS = ("seq", "mailbox_seq", "at", "event", "mailbox", "action", "fold
                  "fingerprint", "source", "content", "reason")
 
 
-def _append(conn: sqlite3.Connection, deltas: list[dict]) -> int:
+def _append(conn: sqlite3.Connection, deltas: list[dict]) -> None:
     """Number the deltas (seq gap-free overall, mailbox_seq per mailbox) and write them,
-    with the deliveries they record, inside the caller's transaction; returns how many."""
+    with the deliveries they record, inside the caller's transaction."""
     if not deltas:
-        return 0
+        return
     seq = next_seq(conn) - 1
     per_mailbox: dict[str, int] = {}
     rows, deliveries = [], []
@@ -40,7 +40,6 @@ def _append(conn: sqlite3.Connection, deltas: list[dict]) -> int:
     conn.executemany(f"INSERT INTO deltas ({', '.join(_DELTA_FIELDS)}, body)"
                      f" VALUES ({', '.join('?' * 14)})", rows)
     conn.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", deliveries)
-    return len(rows)
 
 
 def next_seq(conn: sqlite3.Connection) -> int:
