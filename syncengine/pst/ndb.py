@@ -218,7 +218,8 @@ class FileWriter:
         layout = self.layout
         stored = data
         if layout.compressed and not internal and len(data) > 512:
-            # as Outlook does: a block is stored compressed when that saves room in the file
+            # stored compressed only when that saves room in the file; the trailer's
+            # inflated size tells a reader which blocks are
             packed = zlib.compress(data, 6)
             if layout.block_size(len(packed)) < layout.block_size(len(data)):
                 stored = packed

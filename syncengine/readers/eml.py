@@ -1,7 +1,8 @@
 """RFC 822 `.eml` files through the standard library's `email` package.
 
-Headers only (the parser sees the header block alone); the body is parsed only when the top-level Content-Type says a calendar
-part may be there (multipart, or text/calendar) and the bytes name one: an EML has no
+Headers only (the parser sees the header block alone); the body is parsed only when the
+top-level Content-Type says a calendar part may be there (multipart, or text/calendar)
+and the bytes name one: an EML has no
 class property, and formats.md derives its class from that part's METHOD, within the
 budgets of headers.class_of_mime (beyond them: IPM.Note and a warning).
 """
