@@ -2,9 +2,9 @@
 
 Headers only (the parser sees the header block alone); the body is parsed only when the
 top-level Content-Type says a calendar part may be there (multipart, or text/calendar)
-and the bytes name one: an EML has no
-class property, and formats.md derives its class from that part's METHOD, within the
-budgets of headers.class_of_mime (beyond them: IPM.Note and a warning).
+and the bytes name one: an EML has no class property, and formats.md derives its class
+from that part's METHOD, within the budgets of headers.class_of_mime (beyond them:
+IPM.Note and a warning).
 """
 
 from __future__ import annotations
