@@ -176,10 +176,12 @@ class Store:
             data = whole[:size]
         if len(data) < size:
             raise ItemError(f"block 0x{bid:x} runs past the end of the file")
-        if self.decode is not None and not bid & 2:  # internal blocks are never encoded
-            data = data.translate(self.decode)
         if inflated and inflated != size:
             data = _inflate(data, inflated, bid)
+        # Inflated first, then decoded, in libpff's order (a compressed block of an
+        # encrypted OST is the compressed encoded bytes); internal blocks are never encoded.
+        if self.decode is not None and not bid & 2:
+            data = data.translate(self.decode)
         return data
 
     def data(self, bid: int) -> list[bytes]:
