@@ -179,7 +179,7 @@ class Store:
         if inflated and inflated != size:
             data = _inflate(data, inflated, bid)
         # Inflated first, then decoded, in libpff's order (a compressed block of an
-        # encrypted OST is the compressed encoded bytes); internal blocks are never encoded.
+        # encrypted OST holds the encoded bytes, compressed); internal blocks are never encoded.
         if self.decode is not None and not bid & 2:
             data = data.translate(self.decode)
         return data
