@@ -63,6 +63,13 @@ class TooLarge(OSError):
     """More bytes than a write allows; nothing was written."""
 
 
+def write_all(handle: int, data: bytes | bytearray | memoryview) -> None:
+    """All of `data` to the descriptor: os.write may take less than it is given."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(handle, view):]
+
+
 def write_durable(target: Path, data: bytes | Iterable[bytes], mode: int = 0o600, limit: int | None = None) -> int:
     """Write `data` (bytes, or chunks as they come) to `target` so that after any crash it
     is either absent or whole; returns its size. The temporary file beside it has a name
@@ -79,9 +86,7 @@ def write_durable(target: Path, data: bytes | Iterable[bytes], mode: int = 0o600
                 written += len(chunk)
                 if limit is not None and written > limit:
                     raise TooLarge(f"{target.name}: larger than {limit:,} bytes")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(handle, view):]
+                write_all(handle, chunk)
             os_fsync(handle)
         finally:
             os.close(handle)
@@ -104,9 +109,7 @@ def write_new(target: Path, data: bytes, mode: int = 0o600) -> bool:
         try:
             if hasattr(os, "fchmod"):
                 os.fchmod(handle, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(handle, view):]
+            write_all(handle, data)
             os_fsync(handle)
         finally:
             os.close(handle)
