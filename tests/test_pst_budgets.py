@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from syncengine.pst import ndb
-from syncengine.pst.layout import TRAILER_4K, UNICODE_4K
+from syncengine.pst.layout import TRAILER_4K, UNICODE, UNICODE_4K
 from syncengine.pst.writer import Attachment, Message, PstWriter
 from syncengine.readers import pst_items, pst_nodes
+from syncengine.record import SourceResult
 
 from .conftest import run_cli
 
@@ -102,7 +103,7 @@ def test_n3_a_data_tree_naming_one_block_thousands_of_times_is_one_error(tmp_pat
     one = struct.unpack_from("<Q", data, ib + 8)[0]
     for i in range(count):  # every entry the same XBLOCK
         struct.pack_into("<Q", data, ib + 8 + 8 * i, one)
-    trailer = ib + ((size + ndb.TRAILER.size + 63) // 64 * 64) - ndb.TRAILER.size
+    trailer = ib + UNICODE.block_size(size) - ndb.TRAILER.size
     cb, sig, _, bid = ndb.TRAILER.unpack_from(data, trailer)
     ndb.TRAILER.pack_into(data, trailer, cb, sig, ndb.crc(bytes(data[ib:ib + size])), bid)
     path.write_bytes(bytes(data))
@@ -138,7 +139,6 @@ def test_n3_libpff_that_makes_no_progress_is_stopped_by_the_watchdog_and_named(t
     """libpff reads in a watched child: here it waits forever on a FIFO where a store should
     be (the index never hands it one; a crafted store could hang libpff the same way)."""
     from syncengine.readers import pst
-    from syncengine.record import SourceResult
 
     fifo = tmp_path / "store.pst"
     os.mkfifo(fifo)
@@ -201,3 +201,32 @@ def test_n3_a_deflate_bomb_stops_at_the_size_its_trailer_states():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("layout", [UNICODE, UNICODE_4K], ids=["pst", "ost4k"])
+def test_a_store_shorter_than_its_header_says_is_an_error_not_a_smaller_mailbox(tmp_path, layout):
+    """A copy still running: the blocks all there, the free space at the end not yet. Read
+    anyway it looks whole; it is one error naming both sizes, in both readers' path."""
+    path = tmp_path / ("copying.pst" if layout is UNICODE else "copying.ost")
+    with PstWriter(path, layout=layout) as pst:
+        pst.add("Inbox", Message(subject="m", sender="a@example.org", to=[ALICE], message_id="<m@x>"))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - layout.page])
+    with pytest.raises(pst_nodes.NodeTreeError, match="cut short"):
+        pst_nodes.read(path)
+    result = _run_limited("index", str(path), "--db", str(tmp_path / "store.db"), "--mailbox", ALICE, "--json")
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["status"] == "error" and f"where its header says {len(data):,}" in report["errors"][0]["reason"]
+
+
+def test_a_fifo_where_a_store_was_is_an_error_never_a_hang(tmp_path, monkeypatch):
+    """Swapped in after the walk saw a file: neither the header check nor the node reader
+    blocks on it; libpff's watched child stops it."""
+    from syncengine.readers import pst
+    fifo = tmp_path / "store.ost"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError):
+        pst_nodes.read(fifo)
+    monkeypatch.setattr(pst, "PYPFF_STALL_SECONDS", 2.0)
+    result = SourceResult()
+    assert list(pst.read(fifo, result)) == [] and result.fatal

@@ -161,22 +161,21 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
 
 
 def _cut_short(path: Path) -> str | None:
-    """Why a Unicode store is not whole, or None: it is shorter than its header says (a
-    copy still running, a disk that filled). Both readers would read such a file without
-    a complaint where its end held only free space (a 4 KB-layout OST ends in megabytes
-    of it), and then miss whatever the cut took."""
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(192)
-            size = os.fstat(handle.fileno()).st_size
+    """pst_nodes.cut_short for any Unicode store, before either reader opens it (libpff
+    would read a cut file without a complaint too)."""
+    try:  # non-blocking: a FIFO put where the file was must not hang the reader here
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     except OSError:
         return None   # the reader that opens it names the reason
+    try:
+        header, size = os.pread(fd, 192, 0), os.fstat(fd).st_size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if len(header) < 192 or header[:4] != b"!BDN" or struct.unpack_from("<H", header, 10)[0] < 0x15:
         return None
-    eof = struct.unpack_from("<Q", header, 184)[0]
-    if size < eof:
-        return f"the file is {size:,} bytes where its header says {eof:,}: cut short, or still being copied"
-    return None
+    return pst_nodes.cut_short(header, size)
 
 
 PARALLEL_FROM = 20_000   # messages: below this, starting processes costs more than it saves

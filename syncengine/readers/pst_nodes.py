@@ -51,7 +51,8 @@ def read(path: Path) -> Nodes | None:
     """Every node the index needs, or None for a format not read here. The walk has
     budgets a crafted file cannot get round (N3): no page is read twice, each child is
     exactly one level below its parent, and no more pages than the file holds."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    # non-blocking: a FIFO put where the store was fails the read (ESPIPE), never hangs it
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     try:
         header = os.pread(fd, 564, 0)
         if len(header) < 564 or header[:4] != b"!BDN":
@@ -59,9 +60,10 @@ def read(path: Path) -> Nodes | None:
         layout = LAYOUTS.get(struct.unpack_from("<H", header, 10)[0])
         if layout is None:
             return None
-        eof, size = struct.unpack_from("<Q", header, 184)[0], os.fstat(fd).st_size
-        if size < eof:
-            raise NodeTreeError(f"the file is {size:,} bytes where its header says {eof:,}: cut short")
+        size = os.fstat(fd).st_size
+        cut = cut_short(header, size)
+        if cut:
+            raise NodeTreeError(cut)
         nbt_ib = struct.unpack_from("<Q", header, 224)[0]
         # NIDs and parents are 32 bits (the upper half of a leaf's 8-byte NID is unused):
         # 4-byte arrays keep a million-item store's node table at 32 MB, not 40.
@@ -70,6 +72,17 @@ def read(path: Path) -> Nodes | None:
         return nodes
     finally:
         os.close(fd)
+
+
+def cut_short(header: bytes, size: int) -> str | None:
+    """Why a Unicode store (its header's first 192 bytes at least) of `size` bytes is not
+    whole, or None: shorter than the end of file its header states (a copy still running,
+    a disk that filled). Read anyway, such a file can look whole where its end held only
+    free space (a 4 KB-layout OST ends in megabytes of it) and miss whatever the cut took."""
+    eof = struct.unpack_from("<Q", header, 184)[0]
+    if size < eof:
+        return f"the file is {size:,} bytes where its header says {eof:,}: cut short, or still being copied"
+    return None
 
 
 def version(data: int, sub: int, parent: int) -> int:
