@@ -28,9 +28,7 @@ from .layout import TRAILER_4K, UNICODE, Layout
 
 HEADER_SIZE = 564
 DLIST = 0x4200                  # the density list page, just before the first AMap
-FIRST_AMAP = UNICODE.first_amap
-SECTION = UNICODE.section       # bytes mapped by one AMap
-BLOCK_DATA = 8176               # data in the largest block, inflated (both layouts)
+BLOCK_DATA = 8176               # a data tree's and a row matrix's blocks, both layouts (heap pages: layout.block_data)
 PAGES_PER_PMAP = 8              # one PMap per 8 AMaps
 FMAP_FIRST, FMAP_EVERY = 128, 496
 FPMAP_FIRST, FPMAP_EVERY = 128 * 8, 496 * 8
