@@ -77,3 +77,45 @@ def test_any_line_ending_ends_the_header_block_where_the_parser_ends_it(separato
     _same(b"From: a@b\nSubject: no body")                 # no blank line at all
     _same(b"From: a@b\r\n\nTo: not-a-header@c\n\nbody")   # "\r\n\n" ends it early
     _same(b"From: a@b\n\r\nTo: not-a-header@c\n")         # and "\n\r\n"
+
+
+_PIECES = [b"From: Bob <bob@example.org>", b"To: a@b,", b"\tc@d", b" e@f", b"Subject: =?utf-8?q?caf=C3=A9?=",
+           b"Subject:no space", b"Subject:   \t lots", b"subject: lower", b"X-Odd", b": no name", b"\tstray",
+           b"Message-ID: <a@b>", b"Content-Type: MULTIPART/Mixed; boundary=x", b"Content-Type: text",
+           b"Content-Type: text/calendar/x", b"Content-Type:  text/Calendar ;method=REQUEST", b"Date: bad",
+           b"Name With Space: x", b"Cc:", b"Cc: \"Last, First\" <f@l>", b"From x@y Mon Jan 1", b"To: caf\xc3\xa9@x",
+           b"", b"X-Syncengine-Delivery:  tag  ", b"Resent-Date: Mon, 2 Mar 2026 10:00:00 +0000"]
+
+
+def test_picked_header_fields_equal_the_email_parsers_on_odd_blocks():
+    """The fast field picker against compat32 on 3,000 seeded blocks of awkward lines
+    (stray continuations, names with spaces, empty values, 8-bit bytes, "From " lines)."""
+    import random
+
+    rng = random.Random(25)
+    picked = 0
+    for _ in range(3000):
+        ending = rng.choice([b"\n", b"\r\n", b"\r"])
+        head = ending.join(rng.choice(_PIECES) for _ in range(rng.randint(1, 8)))
+        if rng.random() < 0.5:
+            head += ending
+        found = eml.fields(head)
+        if found is not None:
+            picked += 1
+            assert found == eml._parsed_fields(head), head
+        if head.strip() and b":" in eml.header_block(head):
+            try:
+                record = eml.parse(head, "x", "Inbox", "inbox")
+            except eml.EmlError:
+                with pytest.raises(eml.EmlError):
+                    _whole_message_record_or_error(head)
+            else:
+                assert record == _whole_message_record(head), head
+    assert picked > 1500  # most blocks take the fast path; the rest are the parser's
+
+
+def _whole_message_record_or_error(data: bytes) -> Record:
+    message = BytesParser(policy=policy.compat32).parsebytes(eml.header_block(data), headersonly=True)
+    if not message.keys():
+        raise eml.EmlError("no header fields")
+    return _whole_message_record(data)
