@@ -105,7 +105,10 @@ def sniff(path: Path) -> str | None:
 def text(path: Path | str) -> str:
     """A path as text SQLite can hold: bytes that are not UTF-8 (a name written by
     another system) are shown as backslash escapes instead of failing the insert."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    name = os.fspath(path)
+    if name.isascii():  # nearly every path, and the same text: called for each file several times
+        return name
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -127,9 +130,9 @@ def discover(paths: Iterable[Path]) -> tuple[list[Task], list[Export]]:
         export = Export(path)
         exports.append(export)
         if path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir():
-            for file, folder in sorted(_walk_maildir(path)):
-                tasks.append(Task(file, path, "eml", text(file.relative_to(path).as_posix()), folder,
-                                  folders.tree_role(folder)))
+            base = len(os.path.join(path, ""))
+            for file, folder in sorted(_walk_maildir(path)):  # strings: sorting Paths cost a tenth of the run
+                tasks.append(Task(Path(file), path, "eml", text(file[base:]), folder, folders.tree_role(folder)))
         elif path.is_dir():
             for file in sorted(_walk(path)):
                 kind = TREE_SUFFIXES[file.suffix.lower()]
@@ -168,7 +171,7 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(entry.path)
 
 
-def _walk_maildir(root: Path) -> Iterator[tuple[Path, str]]:
+def _walk_maildir(root: Path) -> Iterator[tuple[str, str]]:
     """Maildir++ (as mutt, aerc and notmuch keep it): the root is the Inbox, `.Sent Items`
     and `.Projects.Q4` are folders; messages are the regular files in `new/` and `cur/`."""
     boxes = [(root, "Inbox")]
@@ -183,7 +186,7 @@ def _walk_maildir(root: Path) -> Iterator[tuple[Path, str]]:
                 continue
             for entry in entries:
                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                    yield Path(entry.path), folder
+                    yield entry.path, folder
 
 
 def _problem(path: Path, reason: str) -> FileReport:
@@ -230,8 +233,10 @@ def _nodes(path: Path) -> pst_nodes.Nodes | None:
         return None
 
 
-def _read_chunk(chunk: list[Task]) -> list[tuple[Task, SourceResult]]:
-    return [read_file(task) for task in chunk]
+def _read_chunk(chunk: list[Task]) -> list[SourceResult]:
+    """Results only: the parent pairs them with the tasks it sent (a Task pickled back
+    costs more than its result)."""
+    return [read_file(task)[1] for task in chunk]
 
 
 def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
@@ -642,16 +647,16 @@ class Writer:
         tasks = [task for task, _, _ in files]
         chunks = [tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)]
         if len(tasks) < PARALLEL_FROM or workers == 1:
-            results: Iterable[list[tuple[Task, SourceResult]]] = map(_read_chunk, chunks)
-            yield from self._write_results(results, stats, progress)
+            results: Iterable[list[SourceResult]] = map(_read_chunk, chunks)
+            yield from self._write_results(zip(chunks, results), stats, progress)
         else:
             with worker_pool(workers or os.cpu_count() or 2) as pool:
-                yield from self._write_results(pool.map(_read_chunk, chunks), stats, progress)
+                yield from self._write_results(zip(chunks, pool.map(_read_chunk, chunks)), stats, progress)
 
     def _write_results(self, chunks, stats, progress) -> Iterator[FileReport]:
         pending: list[tuple[Task, SourceResult]] = []
-        for chunk in chunks:
-            pending.extend(chunk)
+        for chunk, results in chunks:
+            pending.extend(zip(chunk, results, strict=True))
             if len(pending) >= BATCH_ROWS // 10:
                 yield from self._write_batch(pending, stats)
                 if progress:
@@ -663,10 +668,12 @@ class Writer:
                 progress(len(pending))
 
     def _write_batch(self, results: list[tuple[Task, SourceResult]], stats) -> list[FileReport]:
-        reports = []
+        """One transaction for a batch of files, with set-wide statements: a Maildir is
+        one source per message, and five statements per file were a third of its index time."""
+        reports, finished = [], []
         with transaction(self.conn):
             self.conn.execute("DELETE FROM walk")
-            ids = [self._source_id(task) for task, _ in results]
+            ids = self._source_ids([task for task, _ in results])
             good = dict(self.conn.execute(
                 f"SELECT id, good_at FROM sources WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall())
             kept = {source_id for source_id, (_, result) in zip(ids, results, strict=True)
@@ -677,9 +684,10 @@ class Writer:
             for source_id, (task, result) in zip(ids, results, strict=True):
                 size, mtime_ns = stats[task.path]
                 stale = f"unreadable since the last good read: {result.errors[0].reason}" if source_id in kept else None
-                self._finish_source(source_id, task, size, mtime_ns, result, stale)
+                finished.append((source_id, task, size, mtime_ns, result, stale, len(result.records)))
                 reports.append(FileReport(text(task.path), result.status, len(result.records), result.errors,
                                           stale=stale, read=len(result.records)))
+            self._finish_sources(finished)
         return reports
 
     def _known_id(self, task: Task) -> int | None:
@@ -687,15 +695,31 @@ class Writer:
         return row[0] if row else None
 
     def _source_id(self, task: Task) -> int:
-        known = self._known_id(task)
-        if known is not None:
-            return known
-        # C19: a file found while its export has not read once belongs to the baseline
-        baseline = not coverage.is_read(self.conn, text(task.root))
-        cursor = self.conn.execute(
-            "INSERT INTO sources (path, root, kind, mailbox, status, indexed_at, baseline) VALUES (?, ?, ?, ?, 'ok', ?, ?)",
-            (text(task.path), text(task.root), task.kind, self.mailbox, self.now, int(baseline)))
-        return cursor.lastrowid
+        return self._source_ids([task])[0]
+
+    def _source_ids(self, tasks: list[Task]) -> list[int]:
+        """The source id of each task's file, new ones inserted."""
+        paths = [text(task.path) for task in tasks]
+        known = self._ids_of(paths)
+        new = [(task, path) for task, path in zip(tasks, paths, strict=True) if path not in known]
+        if new:
+            # C19: a file found while its export has not read once belongs to the baseline
+            baseline = {root: not coverage.is_read(self.conn, root) for root in {text(task.root) for task, _ in new}}
+            self.conn.executemany(
+                "INSERT INTO sources (path, root, kind, mailbox, status, indexed_at, baseline)"
+                " VALUES (?, ?, ?, ?, 'ok', ?, ?)",
+                [(path, text(task.root), task.kind, self.mailbox, self.now, int(baseline[text(task.root)]))
+                 for task, path in new])
+            known.update(self._ids_of([path for _, path in new]))
+        return [known[path] for path in paths]
+
+    def _ids_of(self, paths: list[str]) -> dict[str, int]:
+        found = {}
+        for start in range(0, len(paths), 500):
+            part = paths[start:start + 500]
+            found.update(self.conn.execute(
+                f"SELECT path, id FROM sources WHERE path IN ({', '.join('?' * len(part))})", part))
+        return found
 
     def _staged(self, source_id: int, record: Record) -> tuple:
         identity = record.identity or f"nomid:{source_id}:{record.locator}"
@@ -763,21 +787,27 @@ class Writer:
 
     def _finish_source(self, source_id: int, task: Task, size: int, mtime_ns: int,
                        result: SourceResult, stale: str | None, messages: int | None = None) -> None:
-        """A failed read that kept earlier locations keeps the earlier size and mtime too,
-        so the next run reads the file again."""
-        self.conn.execute("DELETE FROM source_errors WHERE source_id = ?", (source_id,))
+        self._finish_sources([(source_id, task, size, mtime_ns, result, stale, messages)])
+
+    def _finish_sources(self, finished: list[tuple[int, Task, int, int, SourceResult, str | None, int | None]]) -> None:
+        """Each source's row after its read (`messages` None: count what is staged). A
+        failed read that kept earlier locations keeps the earlier size and mtime too, so
+        the next run reads the file again."""
+        self.conn.executemany("DELETE FROM source_errors WHERE source_id = ?", [(f[0],) for f in finished])
         self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
-                              [(source_id, text(task.path), e.where, e.reason) for e in result.errors])
-        kept = result.fatal and stale is not None
+                              [(source_id, text(task.path), e.where, e.reason)
+                               for source_id, task, _, _, result, _, _ in finished for e in result.errors])
         # A successful read ends the source's baseline (C19): what appears in it later is an arrival.
-        self.conn.execute(
+        self.conn.executemany(
             "UPDATE sources SET root = ?, kind = ?, mailbox = ?, status = ?, skipped = ?, indexed_at = ?, stale = ?,"
             " missing_since = NULL, baseline = CASE WHEN ? THEN baseline ELSE 0 END,"
             " size = CASE WHEN ? THEN size ELSE ? END, mtime_ns = CASE WHEN ? THEN mtime_ns ELSE ? END,"
             " messages = CASE WHEN ? THEN messages ELSE coalesce(?, (SELECT count(*) FROM walk WHERE source_id = ?)) END,"
             " good_at = CASE WHEN ? THEN good_at ELSE ? END WHERE id = ?",
-            (text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale, result.fatal,
-             kept, size, kept, mtime_ns, kept, messages, source_id, result.fatal, self.now, source_id))
+            [(text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale, result.fatal,
+              kept, size, kept, mtime_ns, kept, messages, source_id, result.fatal, self.now, source_id)
+             for source_id, task, size, mtime_ns, result, stale, messages in finished
+             for kept in [result.fatal and stale is not None]])
 
 
 def collect_garbage(conn) -> None:
