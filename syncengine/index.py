@@ -30,6 +30,7 @@ from .workers import pool as worker_pool
 TREE_SUFFIXES = {".msg": "msg", ".eml": "eml", ".pst": "pst", ".ost": "pst"}
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 BATCH_ROWS = 5000       # staged rows per merge (and per transaction)
+FILE_BATCH = 2000       # MSG/EML files per transaction: each commit is an fsync (synchronous=FULL)
 PARALLEL_FROM = 200     # fewer small files than this are parsed in-process
 CHUNK = 64              # files per worker task
 POOL_STORE_BYTES = 64 << 20  # stores up to this size are parsed whole in a worker
@@ -657,7 +658,7 @@ class Writer:
         pending: list[tuple[Task, SourceResult]] = []
         for chunk, results in chunks:
             pending.extend(zip(chunk, results, strict=True))
-            if len(pending) >= BATCH_ROWS // 10:
+            if len(pending) >= FILE_BATCH:
                 yield from self._write_batch(pending, stats)
                 if progress:
                     progress(len(pending))
@@ -673,7 +674,7 @@ class Writer:
         reports, finished = [], []
         with transaction(self.conn):
             self.conn.execute("DELETE FROM walk")
-            ids = self._source_ids([task for task, _ in results])
+            ids, new = self._source_ids([task for task, _ in results])
             good = dict(self.conn.execute(
                 f"SELECT id, good_at FROM sources WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall())
             kept = {source_id for source_id, (_, result) in zip(ids, results, strict=True)
@@ -687,7 +688,7 @@ class Writer:
                 finished.append((source_id, task, size, mtime_ns, result, stale, len(result.records)))
                 reports.append(FileReport(text(task.path), result.status, len(result.records), result.errors,
                                           stale=stale, read=len(result.records)))
-            self._finish_sources(finished)
+            self._finish_sources(finished, new)
         return reports
 
     def _known_id(self, task: Task) -> int | None:
@@ -695,10 +696,10 @@ class Writer:
         return row[0] if row else None
 
     def _source_id(self, task: Task) -> int:
-        return self._source_ids([task])[0]
+        return self._source_ids([task])[0][0]
 
-    def _source_ids(self, tasks: list[Task]) -> list[int]:
-        """The source id of each task's file, new ones inserted."""
+    def _source_ids(self, tasks: list[Task]) -> tuple[list[int], set[int]]:
+        """The source id of each task's file, and those of the ones inserted now."""
         paths = [text(task.path) for task in tasks]
         known = self._ids_of(paths)
         new = [(task, path) for task, path in zip(tasks, paths, strict=True) if path not in known]
@@ -710,8 +711,10 @@ class Writer:
                 " VALUES (?, ?, ?, ?, 'ok', ?, ?)",
                 [(path, text(task.root), task.kind, self.mailbox, self.now, int(baseline[text(task.root)]))
                  for task, path in new])
-            known.update(self._ids_of([path for _, path in new]))
-        return [known[path] for path in paths]
+            inserted = self._ids_of([path for _, path in new])
+            known.update(inserted)
+            return [known[path] for path in paths], set(inserted.values())
+        return [known[path] for path in paths], set()
 
     def _ids_of(self, paths: list[str]) -> dict[str, int]:
         found = {}
@@ -772,8 +775,8 @@ class Writer:
             " FROM walk w JOIN messages m ON m.identity = w.identity JOIN sources s ON s.id = w.source_id"
             " LEFT JOIN (SELECT message, min(seen_at) AS seen_at, max(baseline) AS baseline FROM gone"
             "   WHERE mailbox = ?1 GROUP BY message) g ON g.message = m.id"
-            " LEFT JOIN (SELECT l.message, min(l.seen_at) AS seen_at, max(l.baseline) AS baseline FROM locations l"
-            "   JOIN sources ks ON ks.id = l.source_id WHERE ks.missing_since IS NOT NULL AND l.mailbox = ?1"
+            " LEFT JOIN (SELECT l.message, min(l.seen_at) AS seen_at, max(l.baseline) AS baseline FROM sources ks"
+            "   CROSS JOIN locations l ON l.source_id = ks.id WHERE ks.missing_since IS NOT NULL AND +l.mailbox = ?1"
             "   GROUP BY l.message) k ON k.message = m.id"
             " WHERE NOT EXISTS (SELECT 1 FROM locations l WHERE l.source_id = w.source_id"
             "   AND l.locator = w.locator)",
@@ -789,10 +792,23 @@ class Writer:
                        result: SourceResult, stale: str | None, messages: int | None = None) -> None:
         self._finish_sources([(source_id, task, size, mtime_ns, result, stale, messages)])
 
-    def _finish_sources(self, finished: list[tuple[int, Task, int, int, SourceResult, str | None, int | None]]) -> None:
+    def _finish_sources(self, finished: list[tuple[int, Task, int, int, SourceResult, str | None, int | None]],
+                        new: set[int] = frozenset()) -> None:
         """Each source's row after its read (`messages` None: count what is staged). A
         failed read that kept earlier locations keeps the earlier size and mtime too, so
-        the next run reads the file again."""
+        the next run reads the file again. Sources inserted in this transaction (`new`)
+        have no errors, stale mark or other root yet: a short update, as a first index of
+        a Maildir inserts one per message."""
+        fresh = [f for f in finished if f[0] in new]
+        self.conn.executemany(
+            "UPDATE sources SET status = ?, skipped = ?, baseline = CASE WHEN ? THEN baseline ELSE 0 END,"
+            " size = ?, mtime_ns = ?, messages = ?, good_at = CASE WHEN ? THEN NULL ELSE ? END WHERE id = ?",
+            [(result.status, result.skipped, result.fatal, size, mtime_ns, messages, result.fatal, self.now, source_id)
+             for source_id, _, size, mtime_ns, result, _, messages in fresh])
+        self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
+                              [(source_id, text(task.path), e.where, e.reason)
+                               for source_id, task, _, _, result, _, _ in fresh for e in result.errors])
+        finished = [f for f in finished if f[0] not in new]
         self.conn.executemany("DELETE FROM source_errors WHERE source_id = ?", [(f[0],) for f in finished])
         self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
                               [(source_id, text(task.path), e.where, e.reason)
