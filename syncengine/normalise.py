@@ -76,8 +76,16 @@ def mailbox(raw: object) -> str:
     return norm
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_BARE = re.compile(rf"(?:{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)?")  # RFC 5322 dot-atom@dot-atom
+
+
 def addresses(raw_values: list[str]) -> list[str]:
     """All addresses of header values such as To and Cc, normalised."""
+    if all(_BARE.fullmatch(value) for value in raw_values):
+        # one bare address per value, as most To and Cc fields are: what getaddresses
+        # would find, at a tenth of its cost
+        return [norm for value in raw_values if (norm := address(value))]
     found = []
     for _, addr in getaddresses(raw_values):
         norm = address(addr)

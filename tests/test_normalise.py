@@ -65,3 +65,27 @@ def test_c7_resent_key_prefers_resent_message_id_then_date():
 def test_times_accept_z_and_mimecast_offsets():
     assert normalise.parse_iso("2026-11-28T09:00:00Z") == normalise.parse_iso("2026-11-28T09:00:00+0000")
     assert normalise.iso(normalise.epoch(normalise.parse_iso("2026-11-28T10:00:00+0100"))) == "2026-11-28T09:00:00Z"
+
+
+def _addresses_by_getaddresses(values: list[str]) -> list[str]:
+    from email.utils import getaddresses
+    return [norm for _, addr in getaddresses(values) if (norm := normalise.address(addr))]
+
+
+header_values = st.lists(st.text(alphabet=st.sampled_from("aZ09.@-_+=?'!#&/`{}|~ \t<>\",;:()[]\\\u00e9"), max_size=30),
+                         max_size=4)
+
+
+bare_values = st.lists(st.from_regex(normalise._BARE, fullmatch=True), max_size=4)
+
+
+@given(st.one_of(header_values, bare_values))
+def test_c5_recipient_addresses_equal_what_getaddresses_finds(values):
+    """The bare-address shortcut gives exactly the addresses the email package parses."""
+    assert normalise.addresses(values) == _addresses_by_getaddresses(values)
+
+
+def test_c5_recipient_addresses_of_everyday_fields():
+    for values in (["alice@acme.example"], ["Alice@ACME.example", "bob@x.example"], [""], ["a@b@c"], ["@"],
+                   ["=?utf-8?q?x?=@y"], ["Bob <bob@x>, carol@y"], ["undisclosed-recipients:;"], ["a@b."]):
+        assert normalise.addresses(values) == _addresses_by_getaddresses(values), values
