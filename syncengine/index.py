@@ -194,29 +194,29 @@ def _problem(path: Path, reason: str) -> FileReport:
     return FileReport(text(path), "error", 0, [ReadError(text(path), reason)])
 
 
-def read_file(task: Task) -> tuple[Task, SourceResult]:
+def read_file(kind: str, path: str, locator: str, folder: str, role: str) -> SourceResult:
     """Parse one MSG or EML file (runs in a worker process). Whatever a file does to
     its reader, the failure is this file's alone (N3)."""
     result = SourceResult()
     try:
-        if task.kind == "msg":
-            result.records.append(msg.read(task.path, task.locator, task.folder, task.role))
+        if kind == "msg":
+            result.records.append(msg.read(path, locator, folder, role))
         else:  # a class that cannot be read is IPM.Note and a warning: the message is still indexed
-            result.records.append(eml.read(task.path, task.locator, task.folder, task.role,
-                                           lambda why: result.errors.append(ReadError(text(task.path), why))))
+            result.records.append(eml.read(path, locator, folder, role,
+                                           lambda why: result.errors.append(ReadError(text(path), why))))
     except (msg.MsgError, eml.EmlError) as exc:
         result.fatal = True
-        result.errors.append(ReadError(text(task.path), str(exc)))
+        result.errors.append(ReadError(text(path), str(exc)))
     except OSError as exc:
         result.fatal = True
-        result.errors.append(ReadError(text(task.path), f"cannot read: {exc.strerror or exc}"))
+        result.errors.append(ReadError(text(path), f"cannot read: {exc.strerror or exc}"))
     except RecursionError:
         result.fatal = True
-        result.errors.append(ReadError(text(task.path), "MIME parts nested too deeply to read"))
+        result.errors.append(ReadError(text(path), "MIME parts nested too deeply to read"))
     except Exception as exc:  # a reader library's own bug on hostile bytes
         result.fatal = True
-        result.errors.append(ReadError(text(task.path), f"unreadable ({type(exc).__name__})"))
-    return task, result
+        result.errors.append(ReadError(text(path), f"unreadable ({type(exc).__name__})"))
+    return result
 
 
 def read_store(task: Task) -> tuple[Task, SourceResult]:
@@ -234,10 +234,26 @@ def _nodes(path: Path) -> pst_nodes.Nodes | None:
         return None
 
 
-def _read_chunk(chunk: list[Task]) -> list[SourceResult]:
-    """Results only: the parent pairs them with the tasks it sent (a Task pickled back
-    costs more than its result)."""
-    return [read_file(task)[1] for task in chunk]
+FileJob = tuple[str, str, str, str, str]  # kind, path, locator, folder, role: what a worker needs of a Task
+
+
+def _job(task: Task) -> FileJob:
+    return task.kind, os.fspath(task.path), task.locator, task.folder, task.role
+
+
+def _read_chunk(chunk: list[FileJob]) -> list[SourceResult | tuple]:
+    """Each file's result, a clean read as its record's row: pickling a Task (two Paths)
+    and a result per file cost a Maildir's index more than parsing its small messages."""
+    results: list[SourceResult | tuple] = []
+    for job in chunk:
+        result = read_file(*job)
+        clean = not result.errors and not result.fatal and len(result.records) == 1
+        results.append(result.records[0].row() if clean else result)
+    return results
+
+
+def _result(sent: SourceResult | tuple) -> SourceResult:
+    return sent if isinstance(sent, SourceResult) else SourceResult(records=[Record(*sent)])
 
 
 def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
@@ -647,17 +663,18 @@ class Writer:
         stats = {task.path: (size, mtime) for task, size, mtime in files}
         tasks = [task for task, _, _ in files]
         chunks = [tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)]
+        jobs = [[_job(task) for task in chunk] for chunk in chunks]
         if len(tasks) < PARALLEL_FROM or workers == 1:
-            results: Iterable[list[SourceResult]] = map(_read_chunk, chunks)
+            results: Iterable[list[SourceResult | tuple]] = map(_read_chunk, jobs)
             yield from self._write_results(zip(chunks, results), stats, progress)
         else:
             with worker_pool(workers or os.cpu_count() or 2) as pool:
-                yield from self._write_results(zip(chunks, pool.map(_read_chunk, chunks)), stats, progress)
+                yield from self._write_results(zip(chunks, pool.map(_read_chunk, jobs)), stats, progress)
 
     def _write_results(self, chunks, stats, progress) -> Iterator[FileReport]:
         pending: list[tuple[Task, SourceResult]] = []
         for chunk, results in chunks:
-            pending.extend(zip(chunk, results, strict=True))
+            pending.extend(zip(chunk, map(_result, results), strict=True))
             if len(pending) >= FILE_BATCH:
                 yield from self._write_batch(pending, stats)
                 if progress:

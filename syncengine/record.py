@@ -10,12 +10,6 @@ from dataclasses import dataclass, field
 
 from . import normalise
 
-# The order matters: it is the column order of the staging insert in index.py.
-RECORD_FIELDS = (
-    "locator", "folder", "role", "message_id", "mid_source", "submit_ts",
-    "subject", "sender", "recipients", "resent_key", "message_class", "delivery_tag",
-)
-
 
 @dataclass(slots=True)
 class Record:
@@ -33,7 +27,10 @@ class Record:
     delivery_tag: str | None  # X-Syncengine-Delivery (C12)
 
     def row(self) -> tuple:
-        return tuple(getattr(self, name) for name in RECORD_FIELDS)
+        """The fields in their order, which is the column order of the staging insert in
+        index.py; `Record(*row)` gives the record back."""
+        return (self.locator, self.folder, self.role, self.message_id, self.mid_source, self.submit_ts,
+                self.subject, self.sender, self.recipients, self.resent_key, self.message_class, self.delivery_tag)
 
     @property
     def identity(self) -> str | None:

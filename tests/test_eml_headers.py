@@ -121,3 +121,12 @@ def _whole_message_record_or_error(data: bytes) -> Record:
     if not message.keys():
         raise eml.EmlError("no header fields")
     return _whole_message_record(data)
+
+
+def test_a_record_row_gives_the_record_back_field_for_field():
+    """Workers send a clean read as its row; the writer stages rows in this order."""
+    import dataclasses
+
+    record = Record("l", "f", "inbox", "m@x", "mime", 5, "s", "a@b", "c@d", "id:r", "IPM.Note", "tag")
+    assert record.row() == tuple(getattr(record, f.name) for f in dataclasses.fields(Record))
+    assert Record(*record.row()) == record

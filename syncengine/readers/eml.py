@@ -26,8 +26,9 @@ class EmlError(Exception):
 _PARSER = BytesParser(policy=policy.compat32)
 
 
-def read(path: Path, locator: str, folder: str, role: str, warn: Callable[[str], None] | None = None) -> Record:
-    data = path.read_bytes()
+def read(path: Path | str, locator: str, folder: str, role: str, warn: Callable[[str], None] | None = None) -> Record:
+    with open(path, "rb") as handle:
+        data = handle.read()
     return parse(data, locator, folder, role, warn)
 
 

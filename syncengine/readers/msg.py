@@ -30,7 +30,7 @@ class MsgError(Exception):
     """The file is not a readable MSG; the text says why."""
 
 
-def read(path: Path, locator: str, folder: str, role: str) -> Record:
+def read(path: Path | str, locator: str, folder: str, role: str) -> Record:
     import extract_msg  # 130 ms to import: paid by the first MSG read, not by every command's start
 
     try:
