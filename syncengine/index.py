@@ -44,6 +44,12 @@ class Task:
     locator: str    # for msg/eml: the path relative to the root
     folder: str     # for msg/eml: the mailbox folder
     role: str
+    name: str = field(init=False)       # text(path), asked for several times per file
+    root_name: str = field(init=False)  # text(root)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", text(self.path))
+        object.__setattr__(self, "root_name", text(self.root))
 
 
 @dataclass
@@ -307,9 +313,9 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         except OSError as exc:
             report(_problem(task.path, f"cannot read: {exc.strerror or exc}"))
             continue
-        previous = known.get(text(task.path))
+        previous = known.get(task.name)
         if previous and previous["size"] == stat.st_size and previous["mtime_ns"] == stat.st_mtime_ns \
-                and previous["mailbox"] == mailbox and previous["root"] == text(task.root) \
+                and previous["mailbox"] == mailbox and previous["root"] == task.root_name \
                 and previous["missing_since"] is None:  # back after going missing: read, so it counts again
             report(writer.previous_report(previous))
             if progress:
@@ -317,7 +323,7 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
             continue
         changed.append((task, stat.st_size, stat.st_mtime_ns))
 
-    present = {text(t.path) for t in tasks}
+    present = {t.name for t in tasks}
     for export in exports:
         if export.path.is_dir() and export.path not in refused:
             summary.removed += writer.vanish([p for p in _under(known, export.path) if p not in present])
@@ -524,7 +530,7 @@ class Writer:
         cleanly, stale, a format pst_nodes does not read, or any item fails: a full
         read then reports it as C19 says)."""
         source = self.conn.execute("SELECT id, messages FROM sources WHERE path = ? AND kind = 'pst' AND status = 'ok'"
-                                   " AND stale IS NULL AND good_at IS NOT NULL", (text(task.path),)).fetchone()
+                                   " AND stale IS NULL AND good_at IS NOT NULL", (task.name,)).fetchone()
         if source is None:
             return None
         source_id, indexed = source
@@ -573,7 +579,7 @@ class Writer:
             self._finish_source(source_id, task, size, mtime_ns, result, None, messages=len(present))
         if progress:
             progress(len(present))
-        return FileReport(text(task.path), result.status, len(present), [], result.skipped, read=len(records),
+        return FileReport(task.name, result.status, len(present), [], result.skipped, read=len(records),
                           reader=f"node id, incremental: {len(records)} new or changed item(s) read")
 
     def _record_versions(self, source_id: int, path: Path, nodes: pst_nodes.Nodes | None,
@@ -637,7 +643,7 @@ class Writer:
             stale = self._merge_or_keep(source_id, result)
             self._finish_source(source_id, task, size, mtime_ns, result, stale)
             self._record_versions(source_id, task.path, nodes if stale is None else None, result)
-        return FileReport(text(task.path), result.status, count, result.errors, result.skipped, stale=stale,
+        return FileReport(task.name, result.status, count, result.errors, result.skipped, stale=stale,
                           read=count, reader=result.reader)
 
     def _merge_or_keep(self, source_id: int, result: SourceResult) -> str | None:
@@ -660,7 +666,7 @@ class Writer:
                     workers: int | None) -> Iterator[FileReport]:
         if not files:
             return
-        stats = {task.path: (size, mtime) for task, size, mtime in files}
+        stats = {task.name: (size, mtime) for task, size, mtime in files}
         tasks = [task for task, _, _ in files]
         chunks = [tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)]
         jobs = [[_job(task) for task in chunk] for chunk in chunks]
@@ -700,16 +706,16 @@ class Writer:
                          for source_id, (_, result) in zip(ids, results, strict=True) for record in result.records])
             self._merge([source_id for source_id in ids if source_id not in kept])
             for source_id, (task, result) in zip(ids, results, strict=True):
-                size, mtime_ns = stats[task.path]
+                size, mtime_ns = stats[task.name]
                 stale = f"unreadable since the last good read: {result.errors[0].reason}" if source_id in kept else None
                 finished.append((source_id, task, size, mtime_ns, result, stale, len(result.records)))
-                reports.append(FileReport(text(task.path), result.status, len(result.records), result.errors,
+                reports.append(FileReport(task.name, result.status, len(result.records), result.errors,
                                           stale=stale, read=len(result.records)))
             self._finish_sources(finished, new)
         return reports
 
     def _known_id(self, task: Task) -> int | None:
-        row = self.conn.execute("SELECT id FROM sources WHERE path = ?", (text(task.path),)).fetchone()
+        row = self.conn.execute("SELECT id FROM sources WHERE path = ?", (task.name,)).fetchone()
         return row[0] if row else None
 
     def _source_id(self, task: Task) -> int:
@@ -717,16 +723,16 @@ class Writer:
 
     def _source_ids(self, tasks: list[Task]) -> tuple[list[int], set[int]]:
         """The source id of each task's file, and those of the ones inserted now."""
-        paths = [text(task.path) for task in tasks]
+        paths = [task.name for task in tasks]
         known = self._ids_of(paths)
         new = [(task, path) for task, path in zip(tasks, paths, strict=True) if path not in known]
         if new:
             # C19: a file found while its export has not read once belongs to the baseline
-            baseline = {root: not coverage.is_read(self.conn, root) for root in {text(task.root) for task, _ in new}}
+            baseline = {root: not coverage.is_read(self.conn, root) for root in {task.root_name for task, _ in new}}
             self.conn.executemany(
                 "INSERT INTO sources (path, root, kind, mailbox, status, indexed_at, baseline)"
                 " VALUES (?, ?, ?, ?, 'ok', ?, ?)",
-                [(path, text(task.root), task.kind, self.mailbox, self.now, int(baseline[text(task.root)]))
+                [(path, task.root_name, task.kind, self.mailbox, self.now, int(baseline[task.root_name]))
                  for task, path in new])
             inserted = self._ids_of([path for _, path in new])
             known.update(inserted)
@@ -823,12 +829,12 @@ class Writer:
             [(result.status, result.skipped, result.fatal, size, mtime_ns, messages, result.fatal, self.now, source_id)
              for source_id, _, size, mtime_ns, result, _, messages in fresh])
         self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
-                              [(source_id, text(task.path), e.where, e.reason)
+                              [(source_id, task.name, e.where, e.reason)
                                for source_id, task, _, _, result, _, _ in fresh for e in result.errors])
         finished = [f for f in finished if f[0] not in new]
         self.conn.executemany("DELETE FROM source_errors WHERE source_id = ?", [(f[0],) for f in finished])
         self.conn.executemany("INSERT INTO source_errors VALUES (?, ?, ?, ?)",
-                              [(source_id, text(task.path), e.where, e.reason)
+                              [(source_id, task.name, e.where, e.reason)
                                for source_id, task, _, _, result, _, _ in finished for e in result.errors])
         # A successful read ends the source's baseline (C19): what appears in it later is an arrival.
         self.conn.executemany(
@@ -837,7 +843,7 @@ class Writer:
             " size = CASE WHEN ? THEN size ELSE ? END, mtime_ns = CASE WHEN ? THEN mtime_ns ELSE ? END,"
             " messages = CASE WHEN ? THEN messages ELSE coalesce(?, (SELECT count(*) FROM walk WHERE source_id = ?)) END,"
             " good_at = CASE WHEN ? THEN good_at ELSE ? END WHERE id = ?",
-            [(text(task.root), task.kind, self.mailbox, result.status, result.skipped, self.now, stale, result.fatal,
+            [(task.root_name, task.kind, self.mailbox, result.status, result.skipped, self.now, stale, result.fatal,
               kept, size, kept, mtime_ns, kept, messages, source_id, result.fatal, self.now, source_id)
              for source_id, task, size, mtime_ns, result, stale, messages in finished
              for kept in [result.fatal and stale is not None]])
