@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +376,53 @@ def count_messages(tasks: list[Task]) -> int:
     return sum(pst.count_messages(t.path) if t.kind == "pst" else 1 for t in tasks)
 
 
+class _StoreChanges:
+    """What changed in a store since its last read: its nodes, block by block in node-id
+    order, merged against the versions the index holds (read in the same order), so
+    neither side is ever held whole (issue 25: a dict of a million versions was 100 MB).
+    `nids`/`versions`: new or changed messages; `gone`: messages no longer in a mailbox
+    folder; `present`: messages that are."""
+
+    def __init__(self, conn, source_id: int):
+        self._known = conn.execute("SELECT nid, version FROM store_items WHERE source_id = ? ORDER BY nid",
+                                   (source_id,))
+        self._next = self._known.fetchone()
+        self.nids, self.versions, self.gone = array("I"), array("q"), array("I")
+        self.present = 0
+
+    def _skip_to(self, nid: int) -> tuple[int, int] | None:
+        """The indexed version of `nid` if any; nids indexed before it are gone."""
+        while self._next is not None and self._next[0] < nid:
+            self.gone.append(self._next[0])
+            self._next = self._known.fetchone()
+        if self._next is not None and self._next[0] == nid:
+            found, self._next = self._next, self._known.fetchone()
+            return found
+        return None
+
+    def compare(self, block: pst_nodes.Block, folders: dict, renamed: set[int]) -> list[int]:
+        """The indexes in `block` of messages to read again."""
+        changed = []
+        for index, (nid, parent, version) in enumerate(zip(block.nids, block.parents, block.versions)):
+            known = self._skip_to(nid)
+            if parent not in folders:
+                if known is not None:
+                    self.gone.append(nid)
+                continue
+            self.present += 1
+            if known is None or known[1] != version or parent in renamed:
+                changed.append(index)
+                self.nids.append(nid)
+                self.versions.append(version)
+        return changed
+
+    def finish(self) -> None:
+        self._skip_to(1 << 32)
+
+    def close(self) -> None:
+        self._known.close()
+
+
 class Writer:
     """The single writer: stages records, merges them per batch in one transaction.
 
@@ -513,15 +561,25 @@ class Writer:
         for task, size, mtime_ns in whole:
             if task.path not in pooled:
                 nodes = _nodes(task.path)  # before the parse: a change while it runs is seen next time
-                result = SourceResult()
-                records = pst.read(task.path, result, nodes, workers=workers or os.cpu_count() or 1)
-                yield self.write_store(task, size, mtime_ns, records, result, progress, nodes)
+                try:
+                    result = SourceResult()
+                    records = pst.read(task.path, result, nodes, workers=workers or os.cpu_count() or 1)
+                    yield self.write_store(task, size, mtime_ns, records, result, progress, nodes)
+                finally:
+                    if nodes is not None:
+                        nodes.close()
         if small:
             nodes = {task.path: _nodes(task.path) for task, _, _ in small}
-            with worker_pool(workers or os.cpu_count() or 2) as pool:
-                for (task, size, mtime_ns), (_, result) in zip(small, pool.map(read_store, [s[0] for s in small]),
-                                                               strict=True):
-                    yield self.write_store(task, size, mtime_ns, result.records, result, progress, nodes[task.path])
+            try:
+                with worker_pool(workers or os.cpu_count() or 2) as pool:
+                    for (task, size, mtime_ns), (_, result) in zip(small, pool.map(read_store, [s[0] for s in small]),
+                                                                   strict=True):
+                        yield self.write_store(task, size, mtime_ns, result.records, result, progress,
+                                               nodes[task.path])
+            finally:
+                for found in nodes.values():
+                    if found is not None:
+                        found.close()
 
     def reindex_store(self, task: Task, size: int, mtime_ns: int, progress: Progress | None) -> FileReport | None:
         """Re-read only the messages of a store that changed since its last whole read:
@@ -534,8 +592,8 @@ class Writer:
         if source is None:
             return None
         source_id, indexed = source
-        previous = dict(self.conn.execute("SELECT nid, version FROM store_items WHERE source_id = ?", (source_id,)))
-        if len(previous) != indexed:  # versions that do not cover the index cannot say what is gone
+        if self.conn.execute("SELECT count(*) FROM store_items WHERE source_id = ?", (source_id,)).fetchone()[0] \
+                != indexed:  # versions that do not cover the index cannot say what is gone
             return None
         known_folders = {nid: (path, role) for nid, path, role in self.conn.execute(
             "SELECT nid, path, role FROM store_folders WHERE source_id = ?", (source_id,))}
@@ -544,43 +602,45 @@ class Writer:
         nodes = _nodes(task.path)
         if nodes is None:
             return None
-        try:
-            direct = pst.Direct(task.path, nodes)
-        except pst_items.UNREADABLE:
-            return None
-        try:
-            if direct.errors:
+        with nodes:
+            try:
+                direct = pst.Direct(task.path, nodes.others, nodes.counts)
+            except pst_items.UNREADABLE:
                 return None
-            folders = direct.folders
-            renamed = {nid for nid, place in folders.items() if known_folders.get(nid) != place}
-            changed, present = [], set()
-            for index, (nid, parent, version) in enumerate(zip(nodes.nids, nodes.parents, nodes.versions)):
-                if parent in folders:
-                    present.add(nid)
-                    if previous.get(nid) != version or parent in renamed:
-                        changed.append(index)
-            result = SourceResult(skipped=direct.skipped)
-            records = list(direct.records(changed, result))
-            if result.errors:
-                return None
-        finally:
-            direct.close()
-        gone = [nid for nid in previous if nid not in present]
-        self.conn.execute("DELETE FROM walk")
-        self._stage([self._staged(source_id, record) for record in records])
+            try:
+                if direct.errors:
+                    return None
+                folders = direct.folders
+                renamed = {nid for nid, place in folders.items() if known_folders.get(nid) != place}
+                self.conn.execute("DELETE FROM walk")
+                result = SourceResult(skipped=direct.skipped)
+                changes = _StoreChanges(self.conn, source_id)
+                try:
+                    for block in nodes.blocks():
+                        changed = changes.compare(block, folders, renamed)
+                        self._stage([self._staged(source_id, record)
+                                     for record in direct.records(block, changed, result)])
+                        if result.errors:
+                            return None
+                    changes.finish()
+                finally:
+                    changes.close()
+            finally:
+                direct.close()
         with transaction(self.conn):
-            self._drop_locators(source_id, [str(nid) for nid in gone] + [r.locator for r in records])
+            self._drop_locators(source_id, [str(nid) for nid in changes.gone] + [str(nid) for nid in changes.nids])
             self._insert_staged()
             self.conn.executemany("DELETE FROM store_items WHERE source_id = ? AND nid = ?",
-                                  [(source_id, nid) for nid in gone])
+                                  [(source_id, nid) for nid in changes.gone])
             self.conn.executemany("INSERT OR REPLACE INTO store_items VALUES (?, ?, ?)",
-                                  [(source_id, nodes.nids[i], nodes.versions[i]) for i in changed])
+                                  [(source_id, nid, version) for nid, version in zip(changes.nids, changes.versions)])
             self._record_folders(source_id, folders)
-            self._finish_source(source_id, task, size, mtime_ns, result, None, messages=len(present))
+            self._finish_source(source_id, task, size, mtime_ns, result, None, messages=changes.present)
         if progress:
-            progress(len(present))
-        return FileReport(task.name, result.status, len(present), [], result.skipped, read=len(records),
-                          reader=f"node id, incremental: {len(records)} new or changed item(s) read")
+            progress(changes.present)
+        read = len(changes.nids)
+        return FileReport(task.name, result.status, changes.present, [], result.skipped, read=read,
+                          reader=f"node id, incremental: {read} new or changed item(s) read")
 
     def _record_versions(self, source_id: int, path: Path, nodes: pst_nodes.Nodes | None,
                          result: SourceResult) -> None:
@@ -591,16 +651,17 @@ class Writer:
         if nodes is None or result.errors or result.fatal:
             return
         try:
-            direct = pst.Direct(path, nodes)
+            direct = pst.Direct(path, nodes.others, nodes.counts)
         except pst_items.UNREADABLE:
             return
         direct.close()
         if direct.errors:
             return
         folders = direct.folders
-        self.conn.executemany("INSERT INTO store_items VALUES (?, ?, ?)",
-                              ((source_id, nid, version) for nid, parent, version
-                               in zip(nodes.nids, nodes.parents, nodes.versions) if parent in folders))
+        for block in nodes.blocks():
+            self.conn.executemany("INSERT INTO store_items VALUES (?, ?, ?)",
+                                  ((source_id, nid, version) for nid, parent, version
+                                   in zip(block.nids, block.parents, block.versions) if parent in folders))
         self._record_folders(source_id, folders)
 
     def _record_folders(self, source_id: int, folders: dict[int, tuple[str, str]]) -> None:

@@ -12,6 +12,7 @@ import pytest
 from syncengine import index, store
 from syncengine.pst.layout import UNICODE, UNICODE_4K, Layout
 from syncengine.pst.writer import Message, PstWriter
+from syncengine.readers import pst_nodes
 
 OWNER = "alice@acme.example"
 # Inbox holds half: its contents table outgrows a heap page and a row block, so the
@@ -68,7 +69,11 @@ def _index(db, path: Path, now: float) -> index.FileReport:
 
 
 @STORE
-def test_each_edit_rereads_only_what_changed_and_equals_a_full_reread(tmp_path, name):
+@pytest.mark.parametrize("block", [4096, 50])
+def test_each_edit_rereads_only_what_changed_and_equals_a_full_reread(tmp_path, name, block, monkeypatch):
+    """Also with nodes in blocks of 50 (spilled to a file, merged against the index's
+    versions block by block), as a store of a million items is read."""
+    monkeypatch.setattr(pst_nodes, "BLOCK", block)
     path = tmp_path / name
     write(path, BASE)
     incremental = store.connect(tmp_path / "incremental.db")

@@ -93,7 +93,7 @@ def test_n3_a_data_tree_naming_one_block_thousands_of_times_is_one_error(tmp_pat
                 yield data
                 if inner:
                     yield from trees(inner)
-        attachment_bid = next(bid for sub in nodes.subs for bid in trees(sub)
+        attachment_bid = next(bid for block in nodes.blocks() for sub in block.subs for bid in trees(sub)
                               if bid & 2 and store.block(bid)[1] == 2)  # an XXBLOCK: level 2
         ib, size = store._locate(attachment_bid)
     finally:
@@ -153,7 +153,7 @@ def _compressed_block(path: Path) -> tuple[int, int, int]:
     nodes = pst_nodes.read(path)
     store = pst_items.Store(path)
     try:
-        for data_bid in nodes.data:
+        for data_bid in (bid for block in nodes.blocks() for bid in block.data):
             ib, size = store._locate(data_bid)
             stored, _, _, _, _, inflated, _ = TRAILER_4K.unpack_from(
                 os.pread(store.fd, UNICODE_4K.block_size(size), ib), UNICODE_4K.block_size(size) - TRAILER_4K.size)
@@ -230,3 +230,35 @@ def test_a_fifo_where_a_store_was_is_an_error_never_a_hang(tmp_path, monkeypatch
     monkeypatch.setattr(pst, "PYPFF_STALL_SECONDS", 2.0)
     result = SourceResult()
     assert list(pst.read(fifo, result)) == [] and result.fatal
+
+
+def _leaf_with_messages(data: bytes) -> int:
+    """Offset of a node B-tree leaf page holding two or more messages (512-byte layout)."""
+    stack = [struct.unpack_from("<Q", data, 224)[0]]
+    while stack:
+        ib = stack.pop()
+        count, _, _, level = data[ib + 488:ib + 492]
+        if level:
+            stack.extend(struct.unpack_from("<QQQ", data, ib + i * 24)[2] for i in range(count))
+        elif sum(struct.unpack_from("<Q", data, ib + i * 32)[0] & 0x1F == 4 for i in range(count)) >= 2:
+            return ib
+    raise AssertionError("no leaf with two messages")
+
+
+def test_n3_node_btree_keys_out_of_order_are_an_error_and_the_store_is_read_another_way(tmp_path):
+    """A re-index merges the store's nodes against the index in node-id order; a tree
+    whose leaf lists them out of order must not pass for one that lost messages."""
+    data = bytearray(_pst(tmp_path / "base.pst").read_bytes())
+    ib = _leaf_with_messages(data)
+    entries = [data[ib + i * 32:ib + i * 32 + 32] for i in range(data[ib + 488])]
+    at = [i for i, entry in enumerate(entries) if struct.unpack_from("<Q", entry)[0] & 0x1F == 4][:2]
+    entries[at[0]], entries[at[1]] = entries[at[1]], entries[at[0]]
+    data[ib:ib + 32 * len(entries)] = b"".join(entries)
+    struct.pack_into("<I", data, ib + 500, ndb.crc(bytes(data[ib:ib + 496])))
+    crafted = tmp_path / "crafted.pst"
+    crafted.write_bytes(bytes(data))
+    with pytest.raises(pst_nodes.NodeTreeError, match="out of order"):
+        pst_nodes.read(crafted)
+    result = run_cli("index", str(crafted), "--db", str(tmp_path / "store.db"), "--mailbox", ALICE, "--json")
+    report = json.loads(result.stdout.splitlines()[0])
+    assert "Traceback" not in result.stderr and report["reader"].startswith("libpff: its node B-tree is not read")

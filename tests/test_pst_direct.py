@@ -72,7 +72,7 @@ def test_a_store_parsed_by_two_processes_gives_the_same_records_in_node_order(tm
     single = SourceResult()
     expected = list(pst.read(path, single))
     monkeypatch.setattr(pst, "PARALLEL_FROM", 100)  # the real threshold is 20,000 messages
-    monkeypatch.setattr(pst, "CHUNK", 64)
+    monkeypatch.setattr(pst_nodes, "BLOCK", 64)  # blocks of 64 nodes: many sent to each worker
     parallel = SourceResult()
     got = list(pst.read(path, parallel, workers=2))
     assert got == expected and len(got) == 700 and not parallel.errors

@@ -18,8 +18,7 @@ import multiprocessing
 import os
 import re
 import struct
-from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +99,8 @@ def count_messages(path: Path) -> int:
     except pst_items.UNREADABLE:
         nodes = None
     if nodes is not None:
-        return len(nodes.nids)
+        nodes.close()
+        return nodes.count
     try:
         store = open_store(path)
     except (StoreError, OSError):
@@ -128,34 +128,38 @@ def read(path: Path, result: SourceResult, nodes: pst_nodes.Nodes | None = None,
         result.errors.append(ReadError(str(path), cut))
         return
     why = None
+    owned = None
     if nodes is None:
         try:
-            nodes = pst_nodes.read(path)
+            nodes = owned = pst_nodes.read(path)
         except pst_items.UNREADABLE as exc:
             nodes, why = None, f"its node B-tree is not read directly ({exc})"
         else:
             why = None if nodes is not None else "a format read by libpff only (ANSI, or a version not read here)"
-    if nodes is not None:
-        try:
-            direct = Direct(path, nodes)
-        except pst_items.UNREADABLE as exc:
-            direct, why = None, f"it is not read directly ({exc})"
-        if direct is not None and not direct.errors:
-            result.reader = "node id"
+    try:
+        if nodes is not None:
             try:
-                result.skipped = direct.skipped
-                inside = direct.folders
-                indexes = array("I", (i for i, parent in enumerate(nodes.parents) if parent in inside))
-                if workers > 1 and len(indexes) >= PARALLEL_FROM:
-                    yield from _parallel(path, nodes, indexes, result, workers)
-                else:
-                    yield from direct.records(indexes, result)
-            finally:
+                direct = Direct(path, nodes.others, nodes.counts)
+            except pst_items.UNREADABLE as exc:
+                direct, why = None, f"it is not read directly ({exc})"
+            if direct is not None and not direct.errors:
+                result.reader = "node id"
+                try:
+                    result.skipped = direct.skipped
+                    if workers > 1 and nodes.count >= PARALLEL_FROM:
+                        yield from _parallel(path, nodes, direct, result, workers)
+                    else:
+                        for block in nodes.blocks():
+                            yield from direct.records(block, direct.inside(block), result)
+                finally:
+                    direct.close()
+                return
+            if direct is not None:
+                why = f"its folders are not read directly ({direct.errors[0].reason})"
                 direct.close()
-            return
-        if direct is not None:
-            why = f"its folders are not read directly ({direct.errors[0].reason})"
-            direct.close()
+    finally:
+        if owned is not None:
+            owned.close()
     result.reader = f"libpff: {why}"
     yield from read_pypff(path, result)
 
@@ -179,17 +183,17 @@ def _cut_short(path: Path) -> str | None:
 
 
 PARALLEL_FROM = 20_000   # messages: below this, starting processes costs more than it saves
-CHUNK = 2_000
 
 
-def _parallel(path: Path, nodes: pst_nodes.Nodes, indexes: array, result: SourceResult,
+def _parallel(path: Path, nodes: pst_nodes.Nodes, direct: Direct, result: SourceResult,
               workers: int) -> Iterator[Record]:
     """Records in node order, parsed by `workers` processes that each open the store
-    once; at most two chunks per worker are in flight, so memory stays flat."""
-    with workers_mod.pool(workers, _open_worker, (path, nodes)) as pool:
+    once; each is sent its block of nodes (never the whole table), and at most two
+    blocks per worker are in flight, so memory stays flat."""
+    with workers_mod.pool(workers, _open_worker, (path, nodes.others, nodes.counts)) as pool:
         pending: deque = deque()
-        for start in range(0, len(indexes), CHUNK):
-            pending.append(pool.submit(_read_worker, indexes[start:start + CHUNK]))
+        for block in nodes.blocks():
+            pending.append(pool.submit(_read_worker, block, direct.inside(block)))
             if len(pending) >= 2 * workers:
                 records, errors = pending.popleft().result()
                 result.errors.extend(errors)
@@ -203,14 +207,14 @@ def _parallel(path: Path, nodes: pst_nodes.Nodes, indexes: array, result: Source
 _worker: Direct | None = None
 
 
-def _open_worker(path: Path, nodes: pst_nodes.Nodes) -> None:
+def _open_worker(path: Path, others: dict[int, tuple[int, int, int]], counts: dict[int, int]) -> None:
     global _worker
-    _worker = Direct(path, nodes)
+    _worker = Direct(path, others, counts)
 
 
-def _read_worker(indexes: array) -> tuple[list[Record], list[ReadError]]:
+def _read_worker(block: pst_nodes.Block, indexes: list[int]) -> tuple[list[Record], list[ReadError]]:
     result = SourceResult()
-    records = list(_worker.records(indexes, result))
+    records = list(_worker.records(block, indexes, result))
     return records, result.errors
 
 
@@ -646,9 +650,12 @@ class Direct:
     """A store read by node id (pst_items), for a re-index that opens only the messages
     that changed. Folder paths and roles come from the same rules as a full read."""
 
-    def __init__(self, path: Path, nodes: pst_nodes.Nodes):
+    def __init__(self, path: Path, others: dict[int, tuple[int, int, int]], counts: dict[int, int]):
+        """`others` and `counts` as pst_nodes.Nodes has them: the folders and other nodes,
+        and the number of messages under each parent."""
         self.path = path
-        self.nodes = nodes
+        self.others = others
+        self.counts = counts
         self.store = pst_items.Store(path)
         try:
             self._survey()
@@ -657,7 +664,7 @@ class Direct:
             raise
 
     def _survey(self) -> None:
-        others = self.nodes.others
+        others = self.others
 
         def obj(nid: int) -> _DirectObject | None:
             found = others.get(nid)
@@ -670,7 +677,7 @@ class Direct:
         for nid, (_, _, parent) in others.items():
             if nid & 0x1F in FOLDER_TYPES and nid != parent:
                 children.setdefault(parent, []).append(nid)
-        counts = Counter(self.nodes.parents)
+        counts = self.counts
         tree: dict[int, _Node] = {}
         stack = [NID_ROOT_FOLDER]
         while stack:  # folders reachable from the root, as pypff sees them
@@ -687,14 +694,18 @@ class Direct:
         self.skipped = sum(node.count for nid, node in tree.items() if nid not in self.folders)
         self.named = _named_property_ids(view, DELIVERY_HEADER)
 
-    def records(self, indexes: Iterable[int], result: SourceResult) -> Iterator[Record]:
-        """Records for the messages at `indexes` of `nodes`; failures go to `result.errors`."""
-        nodes = self.nodes
+    def inside(self, block: pst_nodes.Block) -> list[int]:
+        """The indexes in `block` of messages in mailbox folders."""
+        folders = self.folders
+        return [index for index, parent in enumerate(block.parents) if parent in folders]
+
+    def records(self, block: pst_nodes.Block, indexes: Iterable[int], result: SourceResult) -> Iterator[Record]:
+        """Records for the messages at `indexes` of `block`; failures go to `result.errors`."""
         for index in indexes:
-            nid, parent = nodes.nids[index], nodes.parents[index]
+            nid, parent = block.nids[index], block.parents[index]
             path, role = self.folders[parent]
             try:
-                item = _DirectItem(self.store, nid, *nodes.message(index))
+                item = _DirectItem(self.store, nid, *block.message(index))
                 yield _record(item, path, role, self.named)
             except pst_items.UNREADABLE as exc:
                 result.errors.append(ReadError(f"{path or '/'}#{nid}", str(exc)))

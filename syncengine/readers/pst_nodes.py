@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import struct
+import tempfile
 import zlib
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,25 +34,101 @@ class NodeTreeError(Exception):
     """The node B-tree is not what the header says: read the store the slow way."""
 
 
+BLOCK = 4096   # message nodes per block: what a reader of the store holds at once
+
+
 @dataclass
-class Nodes:
-    """Normal messages in node-id order (parallel arrays), and every other node that is
-    not a table or a subnode-owned item: folders, the store object, the name map."""
-    nids: array
+class Block:
+    """A run of message nodes in node-id order (parallel arrays)."""
+    nids: array       # 32-bit: the upper half of a leaf's 8-byte NID is unused
     parents: array
     versions: array
     data: array
     subs: array
-    others: dict[int, tuple[int, int, int]]   # nid -> (data BID, subnode BID, parent)
 
     def message(self, index: int) -> tuple[int, int]:
         return self.data[index], self.subs[index]
+
+    def __len__(self) -> int:
+        return len(self.nids)
+
+
+_TYPECODES = ("I", "I", "q", "Q", "Q")   # nids, parents, versions, data, subs
+
+
+def _empty_block() -> Block:
+    return Block(*(array(code) for code in _TYPECODES))
+
+
+class Nodes:
+    """Every normal message of a store in node-id order, and every other node that is not
+    a table or a subnode-owned item (folders, the store object, the name map) with the
+    number of messages under each. Messages are kept as blocks spilled to a temporary
+    file, read back one at a time: a million-item store costs its reader a block's
+    memory, not 32 MB (issue 25)."""
+
+    def __init__(self) -> None:
+        self.others: dict[int, tuple[int, int, int]] = {}  # nid -> (data BID, subnode BID, parent)
+        self.counts: dict[int, int] = {}                     # parent nid -> messages in it
+        self.count = 0
+        self._tail = _empty_block()
+        self._spilled: list[int] = []   # offsets of full blocks in the spill file
+        self._spill = None
+        self._last = -1
+
+    def add(self, nid: int, parent: int, data: int, sub: int) -> None:
+        if nid <= self._last:  # the merge of a re-index depends on node-id order
+            raise NodeTreeError(f"node B-tree keys out of order at node {nid:#x}: a crafted or broken tree")
+        self._last = nid
+        tail = self._tail
+        tail.nids.append(nid)
+        tail.parents.append(parent)
+        tail.versions.append(version(data, sub, parent))
+        tail.data.append(data)
+        tail.subs.append(sub)
+        self.counts[parent] = self.counts.get(parent, 0) + 1
+        self.count += 1
+        if len(tail) == BLOCK:
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(prefix="syncengine-nodes-")
+            self._spilled.append(self._spill.seek(0, os.SEEK_END))
+            self._spill.write(b"".join(column.tobytes() for column in _columns(tail)))
+            self._spill.flush()
+            self._tail = _empty_block()
+
+    def blocks(self) -> Iterator[Block]:
+        """The message blocks in node-id order (each read back from the spill file)."""
+        for offset in self._spilled:
+            block = _empty_block()
+            for column in _columns(block):
+                size = BLOCK * column.itemsize
+                column.frombytes(os.pread(self._spill.fileno(), size, offset))
+                offset += size
+            yield block
+        if len(self._tail):
+            yield self._tail
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+    def __enter__(self) -> Nodes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _columns(block: Block) -> tuple[array, ...]:
+    return block.nids, block.parents, block.versions, block.data, block.subs
 
 
 def read(path: Path) -> Nodes | None:
     """Every node the index needs, or None for a format not read here. The walk has
     budgets a crafted file cannot get round (N3): no page is read twice, each child is
-    exactly one level below its parent, and no more pages than the file holds."""
+    exactly one level below its parent, and no more pages than the file holds; messages
+    come in node-id order or not at all. The caller closes what it gets."""
     # non-blocking: a FIFO put where the store was fails the read (ESPIPE), never hangs it
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     try:
@@ -65,10 +143,12 @@ def read(path: Path) -> Nodes | None:
         if cut:
             raise NodeTreeError(cut)
         nbt_ib = struct.unpack_from("<Q", header, 224)[0]
-        # NIDs and parents are 32 bits (the upper half of a leaf's 8-byte NID is unused):
-        # 4-byte arrays keep a million-item store's node table at 32 MB, not 40.
-        nodes = Nodes(array("I"), array("I"), array("q"), array("Q"), array("Q"), {})
-        _walk(fd, layout, nbt_ib, None, nodes, set(), size // layout.page)
+        nodes = Nodes()
+        try:
+            _walk(fd, layout, nbt_ib, None, nodes, set(), size // layout.page)
+        except BaseException:
+            nodes.close()
+            raise
         return nodes
     finally:
         os.close(fd)
@@ -112,11 +192,7 @@ def _walk(fd: int, layout: Layout, ib: int, expected: int | None, nodes: Nodes, 
         for nid, data, sub, parent, _ in LEAF.iter_unpack(page[:count * LEAF.size]):
             kind = nid & 0x1F
             if kind == NID_TYPE_MESSAGE:
-                nodes.nids.append(nid & 0xFFFFFFFF)
-                nodes.parents.append(parent)
-                nodes.versions.append(version(data, sub, parent))
-                nodes.data.append(data)
-                nodes.subs.append(sub)
+                nodes.add(nid & 0xFFFFFFFF, parent, data, sub)
             elif kind in OTHER_TYPES:
                 nodes.others[nid & 0xFFFFFFFF] = (data, sub, parent)
         return
