@@ -89,3 +89,38 @@ def test_c5_recipient_addresses_of_everyday_fields():
     for values in (["alice@acme.example"], ["Alice@ACME.example", "bob@x.example"], [""], ["a@b@c"], ["@"],
                    ["=?utf-8?q?x?=@y"], ["Bob <bob@x>, carol@y"], ["undisclosed-recipients:;"], ["a@b."]):
         assert normalise.addresses(values) == _addresses_by_getaddresses(values), values
+
+
+def _parse_iso_as_it_was(text: str):
+    """The reader before Python 3.11's fromisoformat was trusted with `Z` and `+0000`."""
+    import re
+    from datetime import datetime, timezone
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    elif re.search(r"[+-]\d{4}$", value):
+        value = value[:-2] + ":" + value[-2:]
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(text)
+    return moment.astimezone(timezone.utc)
+
+
+iso_texts = st.one_of(
+    st.builds(lambda d, sep, frac, zone: d.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + frac + zone,
+              st.datetimes(), st.sampled_from(["T", " "]), st.sampled_from(["", ".5", ".123456"]),
+              st.sampled_from(["Z", "z", "+0000", "-0330", "+05:30", "+00", "", "-1128", "+2400"])),
+    st.text(alphabet="0123456789-+:TZ. ", max_size=26))
+
+
+@given(iso_texts)
+def test_snapshot_times_read_as_they_did_with_z_and_basic_offsets(text):
+    try:
+        expected = _parse_iso_as_it_was(text)
+    except (ValueError, OverflowError):
+        expected = None
+    try:
+        got = normalise.parse_iso(text)
+    except (ValueError, OverflowError):
+        got = None
+    assert got == expected

@@ -144,17 +144,22 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
     conn.execute("DELETE FROM want_mid")
     conn.execute("DELETE FROM want_fallback")
     conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?)", [(r[4],) for r in batch if r[4]])
+    spellings: dict[str, set[str]] = {}  # a chunk's senders repeat: each spelt once
     conn.executemany("INSERT INTO want_fallback VALUES (?, ?, ?) ON CONFLICT (sender, subject_norm)"
                      " DO UPDATE SET every_local = max(every_local, excluded.every_local)",
-                     [(sender, r[9], int(not r[4])) for r in batch if r[7] for sender in _spellings(r[7], view)])
+                     [(sender, r[9], int(not r[4])) for r in batch if r[7]
+                      for sender in spellings.get(r[7]) or spellings.setdefault(r[7], _spellings(r[7], view))])
     by_mid: dict[str, list[rules.LocalIn]] = defaultdict(list)
     by_key: dict[tuple, list[rules.LocalIn]] = defaultdict(list)
     marks = ", ".join("?" * len(addresses))
+    local_in, msg = rules.LocalIn, rules.Msg
+    plain = not view.primary_of  # no aliases: every Msg is canonical as read (90,000 rows a chunk)
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_mid w CROSS JOIN messages m ON m.message_id = w.message_id"
             f" CROSS JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
             f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND {_PRESENT}", (*addresses, event.started_at)):
-        by_mid[row[1]].append(rules.LocalIn(row[0], _canonical(_msg(row, 1), view)))
+        found = msg(row[1], row[2], row[3], row[4], row[5], row[6])
+        by_mid[row[1]].append(local_in(row[0], found if plain else _canonical(found, view)))
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_fallback w CROSS JOIN messages m ON m.sender = w.sender"
             f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
