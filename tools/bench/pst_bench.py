@@ -173,10 +173,11 @@ def part_reindex(work: Path, pst: Path, count: int, full_s: float) -> dict:
                                  ("delete 100", count + 100, frozenset(rng.sample(range(count), 100)))):
         run_measured([sys.executable, __file__, "--child", "edit", str(pst), str(total),
                       ",".join(map(str, sorted(deleted)))])
-        elapsed, _, report = index_once(work / "index.db", pst)
-        print(f"re-index after {name}: {elapsed:.2f}s, {report['read']} items read of {report['messages']:,} "
-              f"(full index {full_s:.0f}s: {full_s / elapsed:.0f}x; target <= 5 s)")
+        elapsed, rss, report = index_once(work / "index.db", pst)
+        print(f"re-index after {name}: {elapsed:.2f}s, peak RSS {rss:.0f} MB, {report['read']} items read of "
+              f"{report['messages']:,} (full index {full_s:.0f}s: {full_s / elapsed:.0f}x; target <= 5 s)")
         figures[name.replace(" ", "_") + "_s"] = round(elapsed, 2)
+        figures[name.replace(" ", "_") + "_rss_mb"] = round(rss)
     return figures
 
 
