@@ -103,16 +103,24 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
     delivered = _delivered(conn, event, mailbox, batch, view)
     at = event.started_at if event.phase == "reconciling" else now
     deltas = []
+    plain = not view.primary_of
+    c5_match = rules.c5_match
     for row in batch:
-        msg = _canonical(rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9]), view)
+        msg = rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9])
+        if not plain:
+            msg = _canonical(msg, view)
         entry = rules.EntryIn(row[0], msg, row[10], bool(row[11]), row[12], row[13])
         key = (msg.sender, msg.subject_norm)
-        seen: dict[str, rules.LocalIn] = {}
-        for local in locals_by_mid.get(msg.message_id, []) + locals_by_key.get(key, []):
-            seen.setdefault(local.key, local)
-        candidates = list(seen.values())
+        by_mid, by_key = locals_by_mid.get(msg.message_id, ()), locals_by_key.get(key, ())
+        if by_key:
+            seen: dict[str, rules.LocalIn] = {}
+            for local in (*by_mid, *by_key):
+                seen.setdefault(local.key, local)
+            candidates = list(seen.values())
+        else:  # the usual case: locations by Message-ID only, each listed once
+            candidates = by_mid
         peers = _peers(conn, now, addresses, groups, key, view) if any(
-            rules.c5_match(msg, c.msg) for c in candidates) else []
+            c5_match(msg, c.msg) for c in candidates) else []
         decision = rules.decide_entry(entry, candidates, peers, delivered, event.calendar_items)
         outcomes.append((event.id, mailbox, entry.key, decision.outcome))
         if decision.action is None:
