@@ -13,9 +13,11 @@ first appeared: the continuity engine must not mistake a move for a new arrival.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,28 +127,22 @@ class Export:
     path: Path
     problem: str | None = None   # None: found and walked (a tree) or to be read (a file)
     task: Task | None = None     # a single file's task
+    tree: str | None = None      # "maildir" or "tree": a folder whose files are walked
     lost: bool = False           # gone, and its locations with it: the index is no longer whole
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[Task], list[Export]]:
-    """Tasks for every export under `paths`, and each export with its problem if any.
-    Only regular files are opened: a FIFO, socket or device in a tree is passed over."""
-    tasks: list[Task] = []
+def discover(paths: Iterable[Path]) -> list[Export]:
+    """Each export under `paths`: a single file with its task, a tree to walk, or its
+    problem. Only regular files are opened: a FIFO, socket or device in a tree is passed over."""
     exports: list[Export] = []
     for given in paths:
         path = Path(given).absolute()
         export = Export(path)
         exports.append(export)
         if path.is_dir() and (path / "cur").is_dir() and (path / "new").is_dir():
-            base = len(os.path.join(path, ""))
-            for file, folder in sorted(_walk_maildir(path)):  # strings: sorting Paths cost a tenth of the run
-                tasks.append(Task(Path(file), path, "eml", text(file[base:]), folder, folders.tree_role(folder)))
+            export.tree = "maildir"
         elif path.is_dir():
-            for file in sorted(_walk(path)):
-                kind = TREE_SUFFIXES[file.suffix.lower()]
-                rel = file.relative_to(path)
-                folder = text(rel.parent.as_posix()) if rel.parent != Path(".") else ""
-                tasks.append(Task(file, path, kind, text(rel.as_posix()), folder, folders.tree_role(folder)))
+            export.tree = "tree"
         elif path.is_file():
             kind = sniff(path)
             if kind is None:
@@ -154,16 +150,30 @@ def discover(paths: Iterable[Path]) -> tuple[list[Task], list[Export]]:
                 continue
             folder = text(path.parent.name)
             export.task = Task(path, path, kind, text(path.name), folder, folders.tree_role(folder))
-            tasks.append(export.task)
         elif path.exists():
             export.problem = "not a regular file or folder"
         else:
             export.problem = "no such file or folder"
-    return tasks, exports
+    return exports
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    stack = [root]
+def walk_tree(export: Export) -> Iterator[tuple[str, str, str, str]]:
+    """(path, kind, locator, folder) of every message file in a tree export, unsorted."""
+    root = export.path
+    base = len(os.path.join(root, ""))
+    if export.tree == "maildir":
+        for file, folder in _walk_maildir(root):
+            yield file, "eml", text(file[base:]), folder
+        return
+    for file in _walk(root):
+        rel = file[base:]
+        parent = os.path.dirname(rel)
+        yield file, TREE_SUFFIXES[os.path.splitext(file)[1].lower()], text(rel.replace(os.sep, "/")), \
+            text(parent.replace(os.sep, "/"))
+
+
+def _walk(root: Path) -> Iterator[str]:
+    stack: list[str | Path] = [root]
     while stack:
         folder = stack.pop()
         try:
@@ -174,9 +184,9 @@ def _walk(root: Path) -> Iterator[Path]:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False) and Path(entry.name).suffix.lower() in TREE_SUFFIXES:
-                yield Path(entry.path)
+                stack.append(entry.path)
+            elif entry.is_file(follow_symlinks=False) and os.path.splitext(entry.name)[1].lower() in TREE_SUFFIXES:
+                yield entry.path
 
 
 def _walk_maildir(root: Path) -> Iterator[tuple[str, str]]:
@@ -289,8 +299,7 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         if on_file:
             on_file(rep)
 
-    tasks, exports = discover(paths)
-    known = writer.known_sources()
+    exports = discover(paths)
     owned = writer.export_owners([e.path for e in exports])
     refused = {e.path for e in exports if owned.get(text(e.path), mailbox) != mailbox}
     writer.declare([e.path for e in exports if e.path not in refused])  # C19: before anything is read
@@ -299,41 +308,49 @@ def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
             report(_problem(export.path, f"already indexed for mailbox {owned[text(export.path)]}; "
                                          "one export belongs to one mailbox"))
         elif export.problem:
-            dropped = writer.vanish(_under(known, export.path))
+            dropped = writer.vanish(writer.sources_under(export.path))
             summary.removed += dropped
             export.lost = dropped > 0
             report(_problem(export.path, export.problem))
-    tasks = [t for t in tasks if t.root not in refused]
+    live = [e for e in exports if e.path not in refused and e.problem is None]
+    # A tree's files go to a temporary table, not a list: a Maildir of a million messages
+    # would hold a million tasks (issue 25). Sources gone from it are dropped before any
+    # file is read, so that a moved message finds its old location (and first-seen time).
+    writer.record_walk(live)
+    for number, export in enumerate(live):
+        if export.tree:
+            summary.removed += writer.vanish(writer.unwalked(export.path, number))
     if on_tasks:
-        on_tasks(tasks)
+        on_tasks(writer.tasks(live))
 
-    changed = []
-    for task in tasks:
-        try:
-            stat = task.path.stat()
-        except OSError as exc:
-            report(_problem(task.path, f"cannot read: {exc.strerror or exc}"))
-            continue
-        previous = known.get(task.name)
-        if previous and previous["size"] == stat.st_size and previous["mtime_ns"] == stat.st_mtime_ns \
-                and previous["mailbox"] == mailbox and previous["root"] == task.root_name \
-                and previous["missing_since"] is None:  # back after going missing: read, so it counts again
-            report(writer.previous_report(previous))
-            if progress:
-                progress(previous["messages"] if task.kind == "pst" else 1)
-            continue
-        changed.append((task, stat.st_size, stat.st_mtime_ns))
+    stores: list[tuple[Task, int, int]] = []
 
-    present = {t.name for t in tasks}
-    for export in exports:
-        if export.path.is_dir() and export.path not in refused:
-            summary.removed += writer.vanish([p for p in _under(known, export.path) if p not in present])
+    def changed_files() -> Iterator[tuple[Task, int, int]]:
+        """Files that changed since their last read, as they are found; unchanged ones are
+        reported, changed stores kept for after (few, each read on its own)."""
+        for chunk in _batched(writer.tasks(live), FILE_BATCH):
+            known = writer.sources_by_path([task.name for task in chunk])
+            for task in chunk:
+                try:
+                    stat = os.stat(task.path)
+                except OSError as exc:
+                    report(_problem(task.path, f"cannot read: {exc.strerror or exc}"))
+                    continue
+                previous = known.get(task.name)
+                if previous and previous["size"] == stat.st_size and previous["mtime_ns"] == stat.st_mtime_ns \
+                        and previous["mailbox"] == mailbox and previous["root"] == task.root_name \
+                        and previous["missing_since"] is None:  # back after going missing: read, so it counts again
+                    report(writer.previous_report(previous))
+                    if progress:
+                        progress(previous["messages"] if task.kind == "pst" else 1)
+                elif task.kind == "pst":
+                    stores.append((task, stat.st_size, stat.st_mtime_ns))
+                else:
+                    yield task, stat.st_size, stat.st_mtime_ns
 
-    stores = [c for c in changed if c[0].kind == "pst"]
-    files = [c for c in changed if c[0].kind != "pst"]
-    for rep in writer.write_stores(stores, progress, workers):
+    for rep in writer.write_files(changed_files(), progress, workers):
         report(rep)
-    for rep in writer.write_files(files, progress, workers):
+    for rep in writer.write_stores(stores, progress, workers):
         report(rep)
     writer.record_exports([e for e in exports if e.path not in refused])
     writer.settle_moves()
@@ -366,9 +383,24 @@ def forget(db: sqlite_utils.Database, path: Path) -> int:
     return len(ids)
 
 
-def _under(known: dict[str, dict], export: Path) -> list[str]:
-    """The sources found under `export` by earlier runs (itself, for a file)."""
-    return [path for path, row in known.items() if row["root"] == text(export)]
+def _in_flight(pool, chunks: Iterator[list], window: int) -> Iterator[tuple[list, list]]:
+    """(chunk, its results) in order, parsed by `pool` with at most `window` chunks
+    submitted ahead (Executor.map would submit every chunk of the tree at once)."""
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append((chunk, pool.submit(_read_chunk, [_job(task) for task, _, _ in chunk])))
+        if len(pending) >= window:
+            chunk, future = pending.popleft()
+            yield chunk, future.result()
+    while pending:
+        chunk, future = pending.popleft()
+        yield chunk, future.result()
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def count_messages(tasks: list[Task]) -> int:
@@ -447,9 +479,59 @@ class Writer:
         # messages of a store took six minutes instead of seconds.
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.gone_message ON gone(message, mailbox)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.walk_key ON walk(source_id, locator)")
+        # The files of the tree exports found by this run (record_walk), by their text path.
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS walked (name TEXT PRIMARY KEY, path BLOB, export INTEGER,"
+                          " kind TEXT, locator TEXT, folder TEXT) WITHOUT ROWID")
 
-    def known_sources(self) -> dict[str, dict]:
-        return {row["path"]: row for row in self.db.query("SELECT * FROM sources")}
+    def sources_by_path(self, paths: list[str]) -> dict[str, dict]:
+        found = {}
+        for start in range(0, len(paths), 500):
+            part = paths[start:start + 500]
+            found.update((row["path"], row) for row in self.db.query(
+                f"SELECT * FROM sources WHERE path IN ({', '.join('?' * len(part))})", part))
+        return found
+
+    def sources_under(self, export: Path) -> list[str]:
+        """The sources found under `export` by earlier runs (itself, for a file)."""
+        return [row[0] for row in self.conn.execute("SELECT path FROM sources WHERE root = ?", (text(export),))]
+
+    def record_walk(self, exports: list[Export]) -> None:
+        """Every file of the tree exports, into temp.walked (paths as bytes: a name that is
+        not UTF-8 is kept as the file system gave it)."""
+        self.conn.execute("DELETE FROM walked")
+        self.conn.execute("BEGIN")  # TEMP only: no lock on the store
+        try:
+            for number, export in enumerate(exports):
+                if export.tree:
+                    for rows in _batched(walk_tree(export), BATCH_ROWS):
+                        self.conn.executemany("INSERT OR IGNORE INTO walked VALUES (?, ?, ?, ?, ?, ?)",
+                                              [(text(path), os.fsencode(path), number, kind, locator, folder)
+                                               for path, kind, locator, folder in rows])
+        finally:
+            self.conn.execute("COMMIT")
+
+    def unwalked(self, export: Path, number: int) -> list[str]:
+        """Sources under a tree export that the walk did not find: gone."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT s.path FROM sources s WHERE s.root = ? AND NOT EXISTS (SELECT 1 FROM walked w"
+            " WHERE w.export = ? AND w.name = s.path)", (text(export), number))]
+
+    def tasks(self, exports: list[Export]) -> Iterator[Task]:
+        """The tasks of `exports`: single files, then the walked trees' files in path order,
+        read back a page at a time."""
+        for export in exports:
+            if export.task is not None:
+                yield export.task
+        after, roles = "", {}
+        while True:
+            rows = self.conn.execute("SELECT name, path, export, kind, locator, folder FROM walked WHERE name > ?"
+                                     " ORDER BY name LIMIT ?", (after, FILE_BATCH)).fetchall()
+            if not rows:
+                return
+            for _, path, number, kind, locator, folder in rows:
+                role = roles.get(folder) or roles.setdefault(folder, folders.tree_role(folder))
+                yield Task(Path(os.fsdecode(path)), exports[number].path, kind, locator, folder, role)
+            after = rows[-1][0]
 
     def export_owners(self, paths: list[Path]) -> dict[str, str]:
         """The mailbox each already known export or source was indexed for."""
@@ -723,39 +805,44 @@ class Writer:
         self._merge([source_id])
         return None
 
-    def write_files(self, files: list[tuple[Task, int, int]], progress: Progress | None,
+    def write_files(self, files: Iterable[tuple[Task, int, int]], progress: Progress | None,
                     workers: int | None) -> Iterator[FileReport]:
-        if not files:
+        """MSG/EML files (task, size, mtime) as they come: parsed in worker processes with
+        a few chunks in flight (fewer than PARALLEL_FROM files: in this process), written
+        FILE_BATCH at a time. Memory follows the chunks in flight, not the tree."""
+        chunks = _batched(files, CHUNK)
+        first = list(itertools.islice(chunks, -(-PARALLEL_FROM // CHUNK)))
+        if not first:
             return
-        stats = {task.name: (size, mtime) for task, size, mtime in files}
-        tasks = [task for task, _, _ in files]
-        chunks = [tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)]
-        jobs = [[_job(task) for task in chunk] for chunk in chunks]
-        if len(tasks) < PARALLEL_FROM or workers == 1:
-            results: Iterable[list[SourceResult | tuple]] = map(_read_chunk, jobs)
-            yield from self._write_results(zip(chunks, results), stats, progress)
-        else:
-            with worker_pool(workers or os.cpu_count() or 2) as pool:
-                yield from self._write_results(zip(chunks, pool.map(_read_chunk, jobs)), stats, progress)
+        chunks = itertools.chain(first, chunks)
+        if sum(map(len, first)) < PARALLEL_FROM or workers == 1:
+            parsed = ((chunk, _read_chunk([_job(task) for task, _, _ in chunk])) for chunk in chunks)
+            yield from self._write_results(parsed, progress)
+            return
+        count = workers or os.cpu_count() or 2
+        with worker_pool(count) as pool:
+            yield from self._write_results(_in_flight(pool, chunks, 4 * count), progress)
 
-    def _write_results(self, chunks, stats, progress) -> Iterator[FileReport]:
-        pending: list[tuple[Task, SourceResult]] = []
-        for chunk, results in chunks:
-            pending.extend(zip(chunk, map(_result, results), strict=True))
+    def _write_results(self, parsed, progress) -> Iterator[FileReport]:
+        pending: list[tuple[Task, int, int, SourceResult]] = []
+        for chunk, results in parsed:
+            pending.extend((task, size, mtime, _result(sent))
+                           for (task, size, mtime), sent in zip(chunk, results, strict=True))
             if len(pending) >= FILE_BATCH:
-                yield from self._write_batch(pending, stats)
+                yield from self._write_batch(pending)
                 if progress:
                     progress(len(pending))
                 pending = []
         if pending:
-            yield from self._write_batch(pending, stats)
+            yield from self._write_batch(pending)
             if progress:
                 progress(len(pending))
 
-    def _write_batch(self, results: list[tuple[Task, SourceResult]], stats) -> list[FileReport]:
+    def _write_batch(self, read: list[tuple[Task, int, int, SourceResult]]) -> list[FileReport]:
         """One transaction for a batch of files, with set-wide statements: a Maildir is
         one source per message, and five statements per file were a third of its index time."""
         reports, finished = [], []
+        results = [(task, result) for task, _, _, result in read]
         with transaction(self.conn):
             self.conn.execute("DELETE FROM walk")
             ids, new = self._source_ids([task for task, _ in results])
@@ -766,8 +853,7 @@ class Writer:
             self._stage([self._staged(source_id, record)
                          for source_id, (_, result) in zip(ids, results, strict=True) for record in result.records])
             self._merge([source_id for source_id in ids if source_id not in kept])
-            for source_id, (task, result) in zip(ids, results, strict=True):
-                size, mtime_ns = stats[task.name]
+            for source_id, (task, size, mtime_ns, result) in zip(ids, read, strict=True):
                 stale = f"unreadable since the last good read: {result.errors[0].reason}" if source_id in kept else None
                 finished.append((source_id, task, size, mtime_ns, result, stale, len(result.records)))
                 reports.append(FileReport(task.name, result.status, len(result.records), result.errors,
