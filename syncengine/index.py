@@ -808,8 +808,9 @@ class Writer:
     def write_files(self, files: Iterable[tuple[Task, int, int]], progress: Progress | None,
                     workers: int | None) -> Iterator[FileReport]:
         """MSG/EML files (task, size, mtime) as they come: parsed in worker processes with
-        a few chunks in flight (fewer than PARALLEL_FROM files: in this process), written
-        FILE_BATCH at a time. Memory follows the chunks in flight, not the tree."""
+        two batches' worth of chunks in flight (fewer than PARALLEL_FROM files: in this
+        process), written FILE_BATCH at a time. Memory follows the chunks in flight, not
+        the tree."""
         chunks = _batched(files, CHUNK)
         first = list(itertools.islice(chunks, -(-PARALLEL_FROM // CHUNK)))
         if not first:
@@ -821,7 +822,8 @@ class Writer:
             return
         count = workers or os.cpu_count() or 2
         with worker_pool(count) as pool:
-            yield from self._write_results(_in_flight(pool, chunks, 4 * count), progress)
+            # two batches ahead: the workers keep parsing while this process writes one
+            yield from self._write_results(_in_flight(pool, chunks, 2 * FILE_BATCH // CHUNK + count), progress)
 
     def _write_results(self, parsed, progress) -> Iterator[FileReport]:
         pending: list[tuple[Task, int, int, SourceResult]] = []
