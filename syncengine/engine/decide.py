@@ -229,10 +229,17 @@ def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: 
         f" ORDER BY l.seen_at, l.id", (*addresses, event.started_at, event.id, mailbox)).fetchall()
     if not rows:
         return []
-    sent = [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
-        f"SELECT {_LOCAL_COLUMNS} FROM locations l JOIN messages m ON m.id = l.message"
-        f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.role = 'sent' AND {_PRESENT}",
-        (*addresses, event.started_at))]
+    # C13 compares by C4, which needs the same Message-ID: only Sent Items sharing one with
+    # the Outbox are read (a mailbox keeps 150,000 of them; the Outbox holds a few).
+    mids = sorted({r[1] for r in rows if r[1]})
+    sent = []
+    for start in range(0, len(mids), 500):
+        part = mids[start:start + 500]
+        sent += [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
+            f"SELECT {_LOCAL_COLUMNS} FROM messages m CROSS JOIN locations l ON l.message = m.id"
+            f" JOIN sources s ON s.id = l.source_id WHERE m.message_id IN ({', '.join('?' * len(part))})"
+            f" AND l.mailbox IN ({marks}) AND l.role = 'sent' AND {_PRESENT}",
+            (*part, *addresses, event.started_at))]
     at = event.started_at if event.phase == "reconciling" else now
     deltas, done = [], set()
     for row in rows:
