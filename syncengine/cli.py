@@ -330,7 +330,7 @@ class _Progress:
             self._bar.__enter__()
         return self
 
-    def start(self, tasks: list) -> None:
+    def start(self, tasks) -> None:
         from . import index as indexing
         if self._bar is not None:
             self._task = self._bar.add_task("indexing", total=indexing.count_messages(tasks))

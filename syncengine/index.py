@@ -276,11 +276,11 @@ def _result(sent: SourceResult | tuple) -> SourceResult:
 def run(db: sqlite_utils.Database, paths: Iterable[Path], mailbox: str, *,
         now: float | None = None, progress: Progress | None = None,
         on_file: Callable[[FileReport], None] | None = None,
-        on_tasks: Callable[[list[Task]], None] | None = None,
+        on_tasks: Callable[[Iterable[Task]], None] | None = None,
         workers: int | None = None) -> Summary:
     """Index `paths` for `mailbox`; `now` is the engine clock for `seen_at` (replay passes
-    its virtual clock). `on_tasks` gets the files found before any is read (to size a
-    progress bar); `on_file` gets each source's report as soon as it is written.
+    its virtual clock). `on_tasks` gets the files found before any is read, to iterate
+    once (to size a progress bar); `on_file` gets each source's report as soon as it is written.
 
     C19: a source that fails to read keeps the locations of its last good read (marked
     stale); one that vanishes keeps them while an event covers its mailbox."""
@@ -403,7 +403,7 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def count_messages(tasks: list[Task]) -> int:
+def count_messages(tasks: Iterable[Task]) -> int:
     """Expected work for the progress bar, from cheap folder counts (as libratom does)."""
     return sum(pst.count_messages(t.path) if t.kind == "pst" else 1 for t in tasks)
 
