@@ -175,12 +175,7 @@ def walk_tree(export: Export) -> Iterator[tuple[str, str, str, str]]:
 def _walk(root: Path) -> Iterator[str]:
     stack: list[str | Path] = [root]
     while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue  # an unreadable subfolder: its files are not seen (the rest is)
-        for entry in entries:
+        for entry in _entries(stack.pop()):
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False):
@@ -198,13 +193,20 @@ def _walk_maildir(root: Path) -> Iterator[tuple[str, str]]:
             boxes.append((Path(entry.path), text(entry.name[1:].replace(".", "/"))))
     for box, folder in boxes:
         for sub in ("new", "cur"):
-            try:
-                entries = list(os.scandir(box / sub))
-            except OSError:
-                continue
-            for entry in entries:
+            for entry in _entries(box / sub):
                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                     yield entry.path, folder
+
+
+def _entries(folder: str | Path) -> Iterator[os.DirEntry]:
+    """A folder's entries as the system lists them, never all at once (a Maildir's cur/
+    holds hundreds of thousands); an unreadable folder, or one that fails while it is
+    listed, has no more entries (the rest of the tree is still seen)."""
+    try:
+        with os.scandir(folder) as listing:
+            yield from listing
+    except OSError:
+        return
 
 
 def _problem(path: Path, reason: str) -> FileReport:
@@ -479,9 +481,9 @@ class Writer:
         # messages of a store took six minutes instead of seconds.
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.gone_message ON gone(message, mailbox)")
         self.conn.execute("CREATE INDEX IF NOT EXISTS temp.walk_key ON walk(source_id, locator)")
-        # The files of the tree exports found by this run (record_walk), by their text path.
-        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS walked (name TEXT PRIMARY KEY, path BLOB, export INTEGER,"
-                          " kind TEXT, locator TEXT, folder TEXT) WITHOUT ROWID")
+        # The files of the tree exports found by this run (record_walk), with their text path.
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS walked (name TEXT, path BLOB, export INTEGER,"
+                          " kind TEXT, locator TEXT, folder TEXT)")
 
     def sources_by_path(self, paths: list[str]) -> dict[str, dict]:
         found = {}
@@ -498,15 +500,19 @@ class Writer:
     def record_walk(self, exports: list[Export]) -> None:
         """Every file of the tree exports, into temp.walked (paths as bytes: a name that is
         not UTF-8 is kept as the file system gave it)."""
+        self.conn.execute("DROP INDEX IF EXISTS temp.walked_name")
         self.conn.execute("DELETE FROM walked")
         self.conn.execute("BEGIN")  # TEMP only: no lock on the store
         try:
             for number, export in enumerate(exports):
                 if export.tree:
                     for rows in _batched(walk_tree(export), BATCH_ROWS):
-                        self.conn.executemany("INSERT OR IGNORE INTO walked VALUES (?, ?, ?, ?, ?, ?)",
+                        self.conn.executemany("INSERT INTO walked VALUES (?, ?, ?, ?, ?, ?)",
                                               [(text(path), os.fsencode(path), number, kind, locator, folder)
                                                for path, kind, locator, folder in rows])
+            # indexed once filled: inserting a million names in listing order into an index
+            # was a random walk through a B-tree larger than its cache
+            self.conn.execute("CREATE INDEX temp.walked_name ON walked(name)")
         finally:
             self.conn.execute("COMMIT")
 
@@ -522,16 +528,17 @@ class Writer:
         for export in exports:
             if export.task is not None:
                 yield export.task
-        after, roles = "", {}
+        after, roles = ("", 0), {}
         while True:
-            rows = self.conn.execute("SELECT name, path, export, kind, locator, folder FROM walked WHERE name > ?"
-                                     " ORDER BY name LIMIT ?", (after, FILE_BATCH)).fetchall()
+            rows = self.conn.execute("SELECT name, rowid, path, export, kind, locator, folder FROM walked"
+                                     " WHERE (name, rowid) > (?, ?) ORDER BY name, rowid LIMIT ?",
+                                     (*after, FILE_BATCH)).fetchall()
             if not rows:
                 return
-            for _, path, number, kind, locator, folder in rows:
+            for _, _, path, number, kind, locator, folder in rows:
                 role = roles.get(folder) or roles.setdefault(folder, folders.tree_role(folder))
                 yield Task(Path(os.fsdecode(path)), exports[number].path, kind, locator, folder, role)
-            after = rows[-1][0]
+            after = rows[-1][:2]
 
     def export_owners(self, paths: list[Path]) -> dict[str, str]:
         """The mailbox each already known export or source was indexed for."""
