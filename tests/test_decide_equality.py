@@ -3,10 +3,13 @@ mailbox scale) are the decisions the rules take from all of it."""
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from pathlib import Path
 
 from syncengine import coverage, engine, index, rules, store
+from syncengine.engine import decide
 from syncengine.record import Record
 
 OWNER = "alice@acme.example"
@@ -54,3 +57,44 @@ def test_c13_an_outbox_against_150_times_as_many_sent_items_is_decided_as_agains
         expected.setdefault(identity, rules.decide_outbox(item, every_sent, False)[0])
     assert got == expected
     assert {"already-sent", "sent"} <= set(got.values())  # both ways, so the comparison means something
+
+
+def _iso(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(ts))
+
+
+def _shared_id_decisions(tmp_path: Path, monkeypatch, many: int) -> tuple[list, list]:
+    monkeypatch.setattr(decide, "MANY_WITH_ONE_ID", many)
+    rng = random.Random(4)
+    shared = "noreply@app.example"
+    local = [Record(f"n{n}", "Inbox", "inbox", shared, "mapi", BASE + 1000 * n if n % 9 else None, f"Alert {n % 13}",
+                    "app@app.example", OWNER, None, "IPM.Note", None) for n in range(3000)]
+    (tmp_path / str(many)).mkdir()
+    db = _indexed(tmp_path / str(many), local)
+    entries = []
+    for k in range(900):
+        n = rng.randrange(3000)
+        when = [BASE + 1000 * n, BASE + 1000 * n + 100, BASE + 1000 * n + 500, BASE + 1000 * n + 18, None][k % 5]
+        entry = {"id": f"e{k}", "received": _iso(BASE + 10**6), "mimeMessageId": f"<{shared}>",
+                 "from": {"emailAddress": "app@app.example"}, "to": [{"emailAddress": OWNER}],
+                 "subject": f"Alert {n % 13}" if k % 7 else "Something else", "status": "ARCHIVED"}
+        if when is not None:
+            entry["headerDate"] = _iso(when)
+        entries.append(entry)
+    page = tmp_path / str(many) / "snapshot.json"
+    page.write_text(json.dumps({"meta": {"status": 200, "snapshot": {"address": OWNER, "kind": "mailbox"}},
+                                "data": entries, "fail": []}))
+    engine.add_snapshot(db, page, float(BASE + 10**6))
+    engine.start_event(db, "outage", [OWNER], False, float(BASE + 10**6 + 1))
+    outcomes = db.execute("SELECT entry, outcome FROM decided ORDER BY entry").fetchall()
+    deltas = db.execute("SELECT seq, action, message_id, reason, source FROM deltas ORDER BY seq").fetchall()
+    return outcomes, deltas
+
+
+def test_c4_one_id_on_3000_messages_is_decided_by_time_as_against_all_of_them(tmp_path, monkeypatch):
+    """An entry whose Message-ID 3,000 local messages share is compared only with those
+    near its submit time; the decisions equal those taken against every one."""
+    by_time = _shared_id_decisions(tmp_path, monkeypatch, many=1)
+    against_all = _shared_id_decisions(tmp_path, monkeypatch, many=10**9)
+    assert by_time == against_all
+    assert {"matched", "delivered"} <= {outcome for _, outcome in by_time[0]}

@@ -3,6 +3,7 @@ rules applied, and their deltas appended (C3-C18, N2)."""
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections import defaultdict
 
@@ -105,6 +106,7 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
     deltas = []
     plain = not view.primary_of
     c5_match = rules.c5_match
+    timed: dict[str, _ByTime] = {}
     for row in batch:
         msg = rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9])
         if not plain:
@@ -112,6 +114,8 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
         entry = rules.EntryIn(row[0], msg, row[10], bool(row[11]), row[12], row[13])
         key = (msg.sender, msg.subject_norm)
         by_mid, by_key = locals_by_mid.get(msg.message_id, ()), locals_by_key.get(key, ())
+        if len(by_mid) > MANY_WITH_ONE_ID:
+            by_mid = (timed.get(msg.message_id) or timed.setdefault(msg.message_id, _ByTime(by_mid))).near(msg)
         if by_key:
             seen: dict[str, rules.LocalIn] = {}
             for local in (*by_mid, *by_key):
@@ -134,6 +138,32 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
                        "_delivery": (event.id, entry.msg) if delivering else None})
     conn.executemany("INSERT INTO decided VALUES (?, ?, ?, ?)", outcomes)
     return deltas
+
+
+MANY_WITH_ONE_ID = 32  # locations of one Message-ID beyond which they are looked up by time
+
+
+class _ByTime:
+    """The locations of a Message-ID that is stamped on many messages (an application's
+    `<noreply@...>`: 7,000 of a million-message mailbox), by submit time. An entry with
+    that id can C4-match only those within C4_WINDOW of its time or without one, and
+    C5-match none (both have a Message-ID): the rules given those decide as they do given
+    all of them, without comparing each entry with thousands (issue 25)."""
+
+    def __init__(self, locals_: list[rules.LocalIn]):
+        self.every = locals_
+        timed = sorted((local for local in locals_ if local.msg.submit_ts is not None),
+                       key=lambda local: local.msg.submit_ts)
+        self.times = [local.msg.submit_ts for local in timed]
+        self.timed = timed
+        self.untimed = [local for local in locals_ if local.msg.submit_ts is None]
+
+    def near(self, msg: rules.Msg) -> list[rules.LocalIn]:
+        if msg.submit_ts is None:
+            return self.every
+        low = bisect.bisect_left(self.times, msg.submit_ts - rules.C4_WINDOW)
+        high = bisect.bisect_right(self.times, msg.submit_ts + rules.C4_WINDOW)
+        return self.timed[low:high] + self.untimed
 
 
 def _candidates(conn, event: Event, addresses: list[str], batch: list,
