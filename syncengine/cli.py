@@ -564,7 +564,8 @@ def event_start(name: str, mailboxes: tuple[str, ...], expand_distribution_lists
                                  "no_local_mail": list(no_local_mail)})
     if forwarded is not None:
         click.echo(f"event {name} started: reconcile wrote {forwarded['deltas']} deltas")
-        _warn_waiting(open_store(db, create=False), name)
+        for item in forwarded.get("waiting", []):  # as the daemon's reconcile found it
+            click.echo(printable(f"warning: {_waiting_line(item)}"), err=True)
         return
     database = open_store(db)
     try:

@@ -524,7 +524,11 @@ class Daemon:
 
     def _start(self, name: str, mailboxes: list[str], expand: bool, no_local_mail: list[str]) -> dict:
         try:
-            written = engine.start_event(self.db, name, mailboxes, expand, engine.wall_clock(), no_local_mail)
+            with transaction(self.db.conn) as conn:
+                written = engine.start_event_in(conn, name, mailboxes, expand, engine.wall_clock(), no_local_mail)
+                # what waited for its index when the reconcile ran, not a moment later: an
+                # index finishing meanwhile would otherwise hide why the reconcile wrote nothing
+                waiting = [item for item in engine.waiting(conn) if item["event"] == name]
         except engine.EngineError as exc:
             log.error("event %s not started: %s", name, exc)
             return {"op": "error", "reason": str(exc), "request": "start_event"}
@@ -532,7 +536,7 @@ class Daemon:
                  extra={"event": name, "mailboxes": mailboxes, "deltas": len(written), "phase": "active"})
         self._say_waiting()
         self._published(written)
-        return {"op": "event_started", "event": name, "deltas": len(written)}
+        return {"op": "event_started", "event": name, "deltas": len(written), "waiting": waiting}
 
     def _end(self, name: str) -> dict:
         try:
@@ -555,8 +559,11 @@ class Daemon:
                 self.writes.put(lambda: self.replier(identity, [self._admin(request)]))
             return
         if isinstance(request, protocol.StartEvent):
-            task = lambda: self._start(request.event, request.mailboxes, request.expand_distribution_lists,  # noqa: E731
-                                       request.no_local_mail)
+            def task() -> dict:  # a client is answered as protocol.md says; the owner's command line gets more
+                reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists,
+                                    request.no_local_mail)
+                reply.pop("waiting", None)
+                return reply
         else:
             task = lambda: self._end(request.event)  # noqa: E731
         self.writes.put(lambda: self.replier(identity, [task()]))
