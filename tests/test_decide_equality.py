@@ -98,3 +98,26 @@ def test_c4_one_id_on_3000_messages_is_decided_by_time_as_against_all_of_them(tm
     against_all = _shared_id_decisions(tmp_path, monkeypatch, many=10**9)
     assert by_time == against_all
     assert {"matched", "delivered"} <= {outcome for _, outcome in by_time[0]}
+
+
+def test_c5_an_entry_with_a_message_id_finds_its_local_copy_without_one(tmp_path):
+    """Entries that have a Message-ID reach local messages without one by sender and
+    subject through an index of those messages only (migration 0013); a thread of 2,000
+    messages with ids under the same key must not hide them, nor be taken for them."""
+    thread = [Record(f"t{n}", "Inbox", "inbox", f"t{n}@partner.example", "mapi", BASE + 600 * n, "Re: Budget",
+                     "bob@partner.example", OWNER, None, "IPM.Note", None) for n in range(2000)]
+    copies = [Record(f"c{n}", "Inbox", "inbox", None, None, BASE + 7 + 600 * n, "Re: Budget",
+                     "bob@partner.example", OWNER, None, "IPM.Note", None) for n in range(0, 2000, 40)]
+    db = _indexed(tmp_path, thread + copies)
+    entries = [{"id": f"e{n}", "received": _iso(BASE + 600 * n + 30), "headerDate": _iso(BASE + 7 + 600 * n),
+                "mimeMessageId": f"<other{n}@mimecast.example>", "from": {"emailAddress": "bob@partner.example"},
+                "to": [{"emailAddress": OWNER}], "subject": "Re: Budget", "status": "ARCHIVED"}
+               for n in range(0, 2000, 20)]  # every other one has a local copy without a Message-ID
+    page = tmp_path / "snapshot.json"
+    page.write_text(json.dumps({"meta": {"status": 200, "snapshot": {"address": OWNER, "kind": "mailbox"}},
+                                "data": entries, "fail": []}))
+    engine.add_snapshot(db, page, float(BASE + 10**6))
+    engine.start_event(db, "outage", [OWNER], False, float(BASE + 10**6 + 1))
+    outcomes = dict(db.execute("SELECT e.entry_id, d.outcome FROM decided d JOIN entries e ON e.id = d.entry"))
+    assert {f"e{n}" for n in range(0, 2000, 40)} == {entry for entry, outcome in outcomes.items() if outcome == "matched"}
+    assert {outcome for entry, outcome in outcomes.items() if int(entry[1:]) % 40} == {"delivered"}

@@ -198,14 +198,19 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
             f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND {_PRESENT}", (*addresses, event.started_at)):
         found = msg(row[1], row[2], row[3], row[4], row[5], row[6])
         by_mid[row[1]].append(local_in(row[0], found if plain else _canonical(found, view)))
-    for row in conn.execute(
-            f"SELECT {_LOCAL_COLUMNS} FROM want_fallback w CROSS JOIN messages m ON m.sender = w.sender"
-            f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
-            f" JOIN sources s ON s.id = l.source_id WHERE l.mailbox IN ({marks}) AND l.received = 1"
-            f" AND (w.every_local OR m.message_id IS NULL OR m.message_id = '') AND {_PRESENT}",
-            (*addresses, event.started_at)):
-        local = _canonical(_msg(row, 1), view)
-        by_key[(local.sender, local.subject_norm)].append(rules.LocalIn(row[0], local))
+    # Keys of entries without a Message-ID: every local with the key; of entries with one:
+    # only locals without one, through the index that holds only those.
+    for every_local, messages, without_id in (
+            (1, "messages m", ""),
+            (0, "messages m INDEXED BY messages_fallback_without_id", " AND (m.message_id IS NULL OR m.message_id = '')")):
+        for row in conn.execute(
+                f"SELECT {_LOCAL_COLUMNS} FROM want_fallback w CROSS JOIN {messages} ON m.sender = w.sender"
+                f" AND m.subject_norm = w.subject_norm CROSS JOIN locations l ON l.message = m.id"
+                f" JOIN sources s ON s.id = l.source_id WHERE w.every_local = ? AND l.mailbox IN ({marks})"
+                f" AND l.received = 1{without_id} AND {_PRESENT}",
+                (every_local, *addresses, event.started_at)):
+            local = _canonical(_msg(row, 1), view)
+            by_key[(local.sender, local.subject_norm)].append(rules.LocalIn(row[0], local))
     return by_mid, by_key
 
 
