@@ -641,6 +641,10 @@ def test_n5_a_content_flood_that_is_never_read_cannot_grow_the_server(tmp_path):
         flood.connect(where.router)
         for _ in range(150):
             flood.send(request)
+        # The flood's first request reaches the server before any of the others: ZeroMQ
+        # connects asynchronously, and 32 others served first would leave it no transfer.
+        # poll() does not read the reply; nothing on the flood socket is read until below.
+        assert flood.poll(10_000)
         others = []
         for _ in range(100):
             other = context.socket(zmq.DEALER)
