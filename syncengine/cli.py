@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -42,6 +43,9 @@ class _Commands(click.Group):
             sys.exit(EXIT_OK)
         except OSError as exc:
             _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_STORE)
+        except sqlite3.OperationalError as exc:  # a full disk, an I/O error: the step was rolled back
+            _fail(f"the store could not be written ({exc}): the write that failed was rolled back; "
+                  "run the command again once there is room", EXIT_STORE)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

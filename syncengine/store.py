@@ -161,7 +161,8 @@ class transaction:
     def __exit__(self, kind, value, tb) -> None:
         global _commits
         if kind is not None:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite rolls back on its own after a full disk or an I/O error
+                self.conn.execute("ROLLBACK")
             return
         self.conn.execute("COMMIT")
         pid, count = _commits

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from syncengine import endpoints, engine, store
 
-from .conftest import FIXTURES, run_cli
+from .conftest import FIXTURES, ROOT, run_cli
 from .processes import Proc, free_port_pair, serve
 from .test_notify import ALICE, BOB, CAROL, listen, write_deltas
 
@@ -665,3 +665,35 @@ def test_n5_a_content_flood_that_is_never_read_cannot_grow_the_server(tmp_path):
     finally:
         context.destroy(linger=0)
         server.stop()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE, which stands in for a full disk, is POSIX")
+def test_n1_a_disk_that_fills_mid_index_is_one_clear_line_and_the_next_run_is_whole(tmp_path):
+    """The store's disk fills while a Maildir is indexed (RLIMIT_FSIZE: writes past it
+    fail as on a full disk): one line, exit 1, no traceback; the store stays usable and
+    the next run, with room, indexes every message."""
+    import resource
+
+    mail = tmp_path / "mail"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_mailbox.py"), str(mail), "--messages", "3000",
+                    "--format", "maildir", "--seed", "3"], check=True, capture_output=True, timeout=300)
+    files = [p for p in mail.rglob("*") if p.is_file() and p.parent.name in ("cur", "new")]
+    db = tmp_path / "store.db"
+    (tmp_path / "empty").mkdir()  # the store exists (and is migrated) before the disk fills
+    run_cli("index", str(tmp_path / "empty"), "--db", str(db), "--mailbox", BOB, check=True)
+    room = db.stat().st_size + 200_000
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+    failed = subprocess.run([sys.executable, "-m", "syncengine", "index", str(mail), "--db", str(db),
+                             "--mailbox", ALICE], capture_output=True, text=True, timeout=300, preexec_fn=full_disk)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert "the store could not be written" in failed.stderr and "rolled back" in failed.stderr
+    again = run_cli("index", str(mail), "--db", str(db), "--mailbox", ALICE, check=True)
+    assert "0 failed" in again.stdout
+    database = store.connect(db, create=False)
+    try:
+        assert database.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert database.execute("SELECT count(*) FROM locations").fetchone()[0] == len(files)
+    finally:
+        database.conn.close()
