@@ -85,9 +85,7 @@ def test_n3_a_data_tree_naming_one_block_thousands_of_times_is_one_error(tmp_pat
     """An XXBLOCK that names the same XBLOCK in every entry, each of whose entries would
     name the same block: terabytes asked of a small file. The budget stops it at once."""
     path = _pst(tmp_path / "big.pst", attachment=os.urandom(9 << 20))  # 9 MB: an XXBLOCK over XBLOCKs
-    nodes = pst_nodes.read(path)
-    store = pst_items.Store(path)
-    try:
+    with pst_nodes.read(path) as nodes, pst_items.Store(path) as store:
         def trees(sub: int):  # every data tree under a subnode tree, depth first
             for data, inner in store.subnodes(sub).values():
                 yield data
@@ -96,8 +94,6 @@ def test_n3_a_data_tree_naming_one_block_thousands_of_times_is_one_error(tmp_pat
         attachment_bid = next(bid for block in nodes.blocks() for sub in block.subs for bid in trees(sub)
                               if bid & 2 and store.block(bid)[1] == 2)  # an XXBLOCK: level 2
         ib, size = store._locate(attachment_bid)
-    finally:
-        store.close()
     data = bytearray(path.read_bytes())
     count = struct.unpack_from("<H", data, ib + 2)[0]
     one = struct.unpack_from("<Q", data, ib + 8)[0]
@@ -107,12 +103,8 @@ def test_n3_a_data_tree_naming_one_block_thousands_of_times_is_one_error(tmp_pat
     cb, sig, _, bid = ndb.TRAILER.unpack_from(data, trailer)
     ndb.TRAILER.pack_into(data, trailer, cb, sig, ndb.crc(bytes(data[ib:ib + size])), bid)
     path.write_bytes(bytes(data))
-    store = pst_items.Store(path)
-    try:
-        with pytest.raises(pst_items.ItemError, match="twice"):
-            store.data(attachment_bid)
-    finally:
-        store.close()
+    with pst_items.Store(path) as store, pytest.raises(pst_items.ItemError, match="twice"):
+        store.data(attachment_bid)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="planting a file as another user needs root")
@@ -150,17 +142,13 @@ def test_n3_libpff_that_makes_no_progress_is_stopped_by_the_watchdog_and_named(t
 
 def _compressed_block(path: Path) -> tuple[int, int, int]:
     """(BID, offset, stored size) of a block stored compressed in a 4 KB-layout store."""
-    nodes = pst_nodes.read(path)
-    store = pst_items.Store(path)
-    try:
+    with pst_nodes.read(path) as nodes, pst_items.Store(path) as store:
         for data_bid in (bid for block in nodes.blocks() for bid in block.data):
             ib, size = store._locate(data_bid)
             stored, _, _, _, _, inflated, _ = TRAILER_4K.unpack_from(
                 os.pread(store.fd, UNICODE_4K.block_size(size), ib), UNICODE_4K.block_size(size) - TRAILER_4K.size)
             if inflated != stored:
                 return data_bid, ib, size
-    finally:
-        store.close()
     raise AssertionError("no compressed block was written")
 
 
@@ -177,12 +165,8 @@ def test_n3_a_compressed_block_that_inflates_past_its_stated_size_is_one_error(t
     fields[5] -= 100                                   # the trailer now understates what it inflates to
     TRAILER_4K.pack_into(data, trailer, *fields)
     path.write_bytes(bytes(data))
-    store = pst_items.Store(path)
-    try:
-        with pytest.raises(pst_items.ItemError, match="does not inflate to"):
-            store.block(bid)
-    finally:
-        store.close()
+    with pst_items.Store(path) as store, pytest.raises(pst_items.ItemError, match="does not inflate to"):
+        store.block(bid)
     result = _run_limited("index", str(path), "--db", str(tmp_path / "store.db"), "--mailbox", ALICE, "--json")
     assert "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout.splitlines()[0])

@@ -123,6 +123,12 @@ class Store:
     def close(self) -> None:
         os.close(self.fd)
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- NDB --------------------------------------------------------------------------
 
     def _page(self, ib: int) -> tuple[int, list[int], list[tuple[int, int]]]:
