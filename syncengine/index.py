@@ -27,7 +27,7 @@ import sqlite_utils
 from . import coverage, folders, normalise
 from .readers import eml, msg, pst, pst_items, pst_nodes
 from .record import ReadError, Record, SourceResult
-from .store import transaction
+from .store import in_parts, transaction
 from .workers import pool as worker_pool
 
 TREE_SUFFIXES = {".msg": "msg", ".eml": "eml", ".pst": "pst", ".ost": "pst"}
@@ -486,12 +486,8 @@ class Writer:
                           " kind TEXT, locator TEXT, folder TEXT)")
 
     def sources_by_path(self, paths: list[str]) -> dict[str, dict]:
-        found = {}
-        for start in range(0, len(paths), 500):
-            part = paths[start:start + 500]
-            found.update((row["path"], row) for row in self.db.query(
-                f"SELECT * FROM sources WHERE path IN ({', '.join('?' * len(part))})", part))
-        return found
+        return {row["path"]: row for part, marks in in_parts(paths)
+                for row in self.db.query(f"SELECT * FROM sources WHERE path IN ({marks})", part)}
 
     def sources_under(self, export: Path) -> list[str]:
         """The sources found under `export` by earlier runs (itself, for a file)."""
@@ -871,8 +867,7 @@ class Writer:
         return reports
 
     def _known_id(self, task: Task) -> int | None:
-        row = self.conn.execute("SELECT id FROM sources WHERE path = ?", (task.name,)).fetchone()
-        return row[0] if row else None
+        return self._ids_of([task.name]).get(task.name)
 
     def _source_id(self, task: Task) -> int:
         return self._source_ids([task])[0][0]
@@ -896,12 +891,8 @@ class Writer:
         return [known[path] for path in paths], set()
 
     def _ids_of(self, paths: list[str]) -> dict[str, int]:
-        found = {}
-        for start in range(0, len(paths), 500):
-            part = paths[start:start + 500]
-            found.update(self.conn.execute(
-                f"SELECT path, id FROM sources WHERE path IN ({', '.join('?' * len(part))})", part))
-        return found
+        return {path: source_id for part, marks in in_parts(paths)
+                for path, source_id in self.conn.execute(f"SELECT path, id FROM sources WHERE path IN ({marks})", part)}
 
     def _staged(self, source_id: int, record: Record) -> tuple:
         identity = record.identity or f"nomid:{source_id}:{record.locator}"

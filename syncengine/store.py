@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -100,6 +101,14 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
                             (version, name, time.time()))
         applied.append(version)
     return applied
+
+
+def in_parts(values: list, size: int = 500) -> Iterator[tuple[list, str]]:
+    """`values` `size` at a time, each part with its "?, ?, ..." for an IN list: one
+    statement takes a bounded number of parameters."""
+    for start in range(0, len(values), size):
+        part = values[start:start + size]
+        yield part, ", ".join("?" * len(part))
 
 
 def identity(conn) -> str:

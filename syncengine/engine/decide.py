@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from .. import coverage, normalise, rules
 from .. import directory as directory_mod
+from ..store import in_parts
 from .events import Event
 from .log import _append, next_seq
 
@@ -267,14 +268,10 @@ def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: 
     # C13 compares by C4, which needs the same Message-ID: only Sent Items sharing one with
     # the Outbox are read (a mailbox keeps 150,000 of them; the Outbox holds a few).
     mids = sorted({r[1] for r in rows if r[1]})
-    sent = []
-    for start in range(0, len(mids), 500):
-        part = mids[start:start + 500]
-        sent += [rules.LocalIn(r[0], _msg(r, 1)) for r in conn.execute(
-            f"SELECT {_LOCAL_COLUMNS} FROM messages m CROSS JOIN locations l ON l.message = m.id"
-            f" JOIN sources s ON s.id = l.source_id WHERE m.message_id IN ({', '.join('?' * len(part))})"
-            f" AND l.mailbox IN ({marks}) AND l.role = 'sent' AND {_PRESENT}",
-            (*part, *addresses, event.started_at))]
+    sent = [rules.LocalIn(r[0], _msg(r, 1)) for part, ids in in_parts(mids) for r in conn.execute(
+        f"SELECT {_LOCAL_COLUMNS} FROM messages m CROSS JOIN locations l ON l.message = m.id"
+        f" JOIN sources s ON s.id = l.source_id WHERE m.message_id IN ({ids})"
+        f" AND l.mailbox IN ({marks}) AND l.role = 'sent' AND {_PRESENT}", (*part, *addresses, event.started_at))]
     at = event.started_at if event.phase == "reconciling" else now
     deltas, done = [], set()
     for row in rows:

@@ -178,13 +178,8 @@ def fetch(api: Api, settings: Mimecast, db: sqlite_utils.Database, now: float, l
 
 def _fetched(db: sqlite_utils.Database, address: str, ids: list[str]) -> set[str]:
     """Which of the listed ids were fetched before: asks about these, not every id ever seen."""
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        found.update(r[0] for r in db.execute(
-            f"SELECT id FROM mimecast_fetched WHERE mailbox = ? AND id IN ({', '.join('?' * len(chunk))})",
-            (address, *chunk)))
-    return found
+    return {r[0] for part, marks in store.in_parts(ids)
+            for r in db.execute(f"SELECT id FROM mimecast_fetched WHERE mailbox = ? AND id IN ({marks})", (address, *part))}
 
 
 def _parts_to_retry(db: sqlite_utils.Database, address: str, now: float, interval: int) -> list[str]:
