@@ -334,3 +334,20 @@ def test_c19_property_no_purge_of_a_baseline_location_and_no_delivery_while_wait
         shutil.rmtree(folder)
 
     check()
+
+
+def test_c19_a_client_starting_an_event_on_the_daemon_gets_the_reply_protocol_md_names(tmp_path):
+    """The owner's command line hears what waits for its index; a client gets exactly
+    protocol.md's `event_started`, whether or not the first read is still running."""
+    from syncengine import endpoints
+
+    from .test_notify import _request
+
+    _own_mail(tmp_path / "mail", 3000)
+    daemon = _daemon(_config(tmp_path, ["mail"], scheduled=False))
+    try:
+        reply = _request(endpoints.for_store(tmp_path / "store.db"),
+                         {"op": "start_event", "client": ALICE, "event": "from-a-client", "mailboxes": [ALICE]})
+        assert reply[0]["op"] == "event_started" and set(reply[0]) == {"op", "event", "deltas"}, reply
+    finally:
+        assert daemon.stop() == 0

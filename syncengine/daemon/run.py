@@ -522,7 +522,10 @@ class Daemon:
         except formats.FormatError as exc:
             log.error("%s", exc)
 
-    def _start(self, name: str, mailboxes: list[str], expand: bool, no_local_mail: list[str]) -> dict:
+    def _start(self, name: str, mailboxes: list[str], expand: bool, no_local_mail: list[str],
+               tell_waiting: bool = False) -> dict:
+        """Start the event; with `tell_waiting` (the owner's command line, not a client:
+        protocol.md's reply stands) the reply also says what waited for its index."""
         try:
             with transaction(self.db.conn) as conn:
                 written = engine.start_event_in(conn, name, mailboxes, expand, engine.wall_clock(), no_local_mail)
@@ -536,7 +539,8 @@ class Daemon:
                  extra={"event": name, "mailboxes": mailboxes, "deltas": len(written), "phase": "active"})
         self._say_waiting()
         self._published(written)
-        return {"op": "event_started", "event": name, "deltas": len(written), "waiting": waiting}
+        reply = {"op": "event_started", "event": name, "deltas": len(written)}
+        return {**reply, "waiting": waiting} if tell_waiting else reply
 
     def _end(self, name: str) -> dict:
         try:
@@ -559,11 +563,8 @@ class Daemon:
                 self.writes.put(lambda: self.replier(identity, [self._admin(request)]))
             return
         if isinstance(request, protocol.StartEvent):
-            def task() -> dict:  # a client is answered as protocol.md says; the owner's command line gets more
-                reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists,
-                                    request.no_local_mail)
-                reply.pop("waiting", None)
-                return reply
+            task = lambda: self._start(request.event, request.mailboxes, request.expand_distribution_lists,  # noqa: E731
+                                       request.no_local_mail)
         else:
             task = lambda: self._end(request.event)  # noqa: E731
         self.writes.put(lambda: self.replier(identity, [task()]))
@@ -598,7 +599,7 @@ class Daemon:
                 return {"op": "done", "result": {"deltas": len(written)}}
             if request.command == "event_start":
                 reply = self._start(request.event, request.mailboxes, request.expand_distribution_lists,
-                                    request.no_local_mail)
+                                    request.no_local_mail, tell_waiting=True)
             else:
                 reply = self._end(request.event)
             return {"op": "done", "result": reply} if reply["op"] != "error" else reply
