@@ -1,5 +1,8 @@
 """Normalisation of the identity fields (C4, C5, C7), as examples and as properties."""
 
+import re
+import unicodedata
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,6 +46,15 @@ def test_c5_subject_normalisation_is_idempotent(text):
     once = normalise.subject(text)
     assert normalise.subject(once) == once
     assert "  " not in once and once == once.strip()
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+       | st.lists(st.sampled_from([" ", "\t", "\n", "\x1c", "\x85", "\xa0", "\u2003", "\u3000", "\u200b", "a", "\u0301",
+                                   "e", "\ufeff"]), max_size=12).map("".join))
+def test_c5_subject_collapses_the_white_space_a_regex_would(text):
+    # the split()/strip() form in normalise.subject against the regex it replaced
+    expected = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip().casefold() if text else ""
+    assert normalise.subject(text) == expected
 
 
 @given(st.text(max_size=30), st.text(alphabet=" \t\n", min_size=1, max_size=4))
