@@ -9,6 +9,7 @@ inputs come from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 C4_WINDOW = 120   # seconds, inclusive
 C5_WINDOW = 60    # seconds, inclusive
@@ -21,9 +22,10 @@ MEETING_CLASSES = frozenset({"ipm.schedule.meeting.request", "ipm.schedule.meeti
                              "ipm.schedule.meeting.resp.tent"})
 
 
-@dataclass(frozen=True, slots=True)
-class Msg:
-    """The identity fields of a message, whichever side it comes from."""
+class Msg(NamedTuple):
+    """The identity fields of a message, whichever side it comes from. The records the
+    rules read are named tuples: as immutable as frozen dataclasses, and a reconcile
+    makes hundreds of thousands of them at a third of the cost."""
 
     message_id: str | None
     submit_ts: int | None
@@ -74,8 +76,7 @@ def class_verdict(message_class: str, calendar_items: bool) -> str | None:
     return "class-not-delivered"
 
 
-@dataclass(frozen=True, slots=True)
-class EntryIn:
+class EntryIn(NamedTuple):
     key: int            # the entry's row in the store
     msg: Msg
     status: str | None
@@ -84,14 +85,12 @@ class EntryIn:
     fingerprint: str
 
 
-@dataclass(frozen=True, slots=True)
-class LocalIn:
+class LocalIn(NamedTuple):
     key: str            # location: "<source path>#<locator>"
     msg: Msg
 
 
-@dataclass(frozen=True, slots=True)
-class EntryDecision:
+class EntryDecision(NamedTuple):
     entry: EntryIn
     outcome: str        # delivered | ambiguous-delivered | deferred | matched | held | already
     action: str | None  # deliver | defer | None (no delta)
