@@ -257,9 +257,12 @@ def _peers(conn, now: float, addresses: list[str], groups: set[str], key: tuple,
 
 def _decide_outbox(conn, event: Event, mailbox: str, addresses: list[str], now: float) -> list[dict]:
     marks = ", ".join("?" * len(addresses))
+    # INDEXED BY: the Outbox holds a few items, but left to itself the planner walks every
+    # location of the mailbox in seen_at order to skip a sort (120 ms a poll at 1M items)
     rows = conn.execute(
         f"SELECT {_LOCAL_COLUMNS}, m.identity, m.message_class, l.locator, l.folder, m.subject, m.fingerprint,"
-        f" s.kind, s.path FROM locations l JOIN messages m ON m.id = l.message JOIN sources s ON s.id = l.source_id"
+        f" s.kind, s.path FROM locations l INDEXED BY locations_mailbox_role JOIN messages m ON m.id = l.message"
+        f" JOIN sources s ON s.id = l.source_id"
         f" WHERE l.mailbox IN ({marks}) AND l.role = 'outbox' AND {_PRESENT} AND NOT EXISTS (SELECT 1"
         f" FROM outbox_done o WHERE o.event = ? AND o.mailbox = ? AND o.identity = m.identity)"
         f" ORDER BY l.seen_at, l.id", (*addresses, event.started_at, event.id, mailbox)).fetchall()
