@@ -8,6 +8,8 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
 from syncengine import coverage, engine, index, rules, store
 from syncengine.engine import decide
 from syncengine.record import Record
@@ -63,25 +65,29 @@ def _iso(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(ts))
 
 
-def _shared_id_decisions(tmp_path: Path, monkeypatch, many: int) -> tuple[list, list]:
+def _shared_id_decisions(tmp_path: Path, monkeypatch, many: int, chunk: int = 20_000,
+                         kept: int = 50_000) -> tuple[list, list]:
     monkeypatch.setattr(decide, "MANY_WITH_ONE_ID", many)
+    monkeypatch.setattr(decide, "ENTRY_CHUNK", chunk)
+    monkeypatch.setattr(decide, "CROWDED_KEPT", kept)
     rng = random.Random(4)
-    shared = "noreply@app.example"
-    local = [Record(f"n{n}", "Inbox", "inbox", shared, "mapi", BASE + 1000 * n if n % 9 else None, f"Alert {n % 13}",
-                    "app@app.example", OWNER, None, "IPM.Note", None) for n in range(3000)]
-    (tmp_path / str(many)).mkdir()
-    db = _indexed(tmp_path / str(many), local)
+    shared = ["noreply@app.example", "alerts@app.example"]
+    local = [Record(f"n{n}", "Inbox", "inbox", shared[n % 3 == 0], "mapi", BASE + 1000 * n if n % 9 else None,
+                    f"Alert {n % 13}", "app@app.example", OWNER, None, "IPM.Note", None) for n in range(3000)]
+    folder = tmp_path / f"{many}-{chunk}-{kept}"
+    folder.mkdir()
+    db = _indexed(folder, local)
     entries = []
     for k in range(900):
         n = rng.randrange(3000)
         when = [BASE + 1000 * n, BASE + 1000 * n + 100, BASE + 1000 * n + 500, BASE + 1000 * n + 18, None][k % 5]
-        entry = {"id": f"e{k}", "received": _iso(BASE + 10**6), "mimeMessageId": f"<{shared}>",
+        entry = {"id": f"e{k}", "received": _iso(BASE + 10**6), "mimeMessageId": f"<{shared[n % 3 == 0]}>",
                  "from": {"emailAddress": "app@app.example"}, "to": [{"emailAddress": OWNER}],
                  "subject": f"Alert {n % 13}" if k % 7 else "Something else", "status": "ARCHIVED"}
         if when is not None:
             entry["headerDate"] = _iso(when)
         entries.append(entry)
-    page = tmp_path / str(many) / "snapshot.json"
+    page = folder / "snapshot.json"
     page.write_text(json.dumps({"meta": {"status": 200, "snapshot": {"address": OWNER, "kind": "mailbox"}},
                                 "data": entries, "fail": []}))
     engine.add_snapshot(db, page, float(BASE + 10**6))
@@ -97,7 +103,17 @@ def test_c4_one_id_on_3000_messages_is_decided_by_time_as_against_all_of_them(tm
     by_time = _shared_id_decisions(tmp_path, monkeypatch, many=1)
     against_all = _shared_id_decisions(tmp_path, monkeypatch, many=10**9)
     assert by_time == against_all
-    assert {"matched", "delivered"} <= {outcome for _, outcome in by_time[0]}
+    assert {"matched", "delivered", "already"} <= {outcome for _, outcome in by_time[0]}
+
+
+@pytest.mark.parametrize("kept", [0, 2500, 50_000])
+def test_c4_c8_crowded_ids_read_in_one_chunk_decide_the_later_chunks_as_read_each_time(tmp_path, monkeypatch, kept):
+    """Crowded Message-IDs are read once and kept for later chunks while they fit the
+    budget (kept 2,500: one of the two ids fits), read per chunk past it; chunks of 64
+    entries decide as one chunk does, deliveries of earlier chunks included (C8)."""
+    chunked = _shared_id_decisions(tmp_path, monkeypatch, many=1, chunk=64, kept=kept)
+    against_all = _shared_id_decisions(tmp_path, monkeypatch, many=10**9)
+    assert chunked == against_all
 
 
 def test_c5_an_entry_with_a_message_id_finds_its_local_copy_without_one(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import sqlite3
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from .. import coverage, normalise, rules
 from .. import directory as directory_mod
@@ -84,16 +85,17 @@ def _decide_entries(conn, event: Event, mailbox: str, now: float, view) -> None:
     conn.execute("UPDATE event_mailboxes SET entry_cursor = ? WHERE event = ? AND mailbox = ?",
                  (max(ids) if later is None else min(max(ids), later - 1), event.id, mailbox))
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_entry (position INTEGER PRIMARY KEY, id INTEGER)")
+    crowded = _Crowded()
     for start in range(0, len(ids), ENTRY_CHUNK):
         conn.execute("DELETE FROM want_entry")
         conn.executemany("INSERT INTO want_entry VALUES (?, ?)", enumerate(ids[start:start + ENTRY_CHUNK]))
         rows = conn.execute(f"SELECT {', '.join('e.' + c.strip() for c in _ENTRY_COLUMNS.split(','))}"
                             f" FROM want_entry w CROSS JOIN entries e ON e.id = w.id ORDER BY w.position").fetchall()
-        _append(conn, _decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows))
+        _append(conn, _decide_chunk(conn, event, mailbox, now, view, addresses, groups, rows, crowded))
 
 
 def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses: list[str], groups: set[str],
-                  rows: list) -> list[dict]:
+                  rows: list, crowded: _Crowded) -> list[dict]:
     outcomes: list[tuple] = []
     batch = []
     for row in rows:
@@ -101,31 +103,30 @@ def _decide_chunk(conn, event: Event, mailbox: str, now: float, view, addresses:
             outcomes.append((event.id, mailbox, row[0], "not-member"))  # C16: not retroactive
         else:
             batch.append(row)
-    locals_by_mid, locals_by_key = _candidates(conn, event, addresses, batch, view)
+    locals_by_mid, locals_by_key, timed = _candidates(conn, event, addresses, batch, view, crowded)
     delivered = _delivered(conn, event, mailbox, batch, view)
     at = event.started_at if event.phase == "reconciling" else now
     deltas = []
     plain = not view.primary_of
     c5_match = rules.c5_match
-    timed: dict[str, _ByTime] = {}
     for row in batch:
         msg = rules.Msg(row[4], row[5], row[6], row[7], row[8], row[9])
         if not plain:
             msg = _canonical(msg, view)
         entry = rules.EntryIn(row[0], msg, row[10], bool(row[11]), row[12], row[13])
         key = (msg.sender, msg.subject_norm)
-        by_mid, by_key = locals_by_mid.get(msg.message_id, ()), locals_by_key.get(key, ())
-        if len(by_mid) > MANY_WITH_ONE_ID:
-            by_mid = (timed.get(msg.message_id) or timed.setdefault(msg.message_id, _ByTime(by_mid))).near(msg)
+        many = crowded.kept.get(msg.message_id) or timed.get(msg.message_id)
+        by_mid = many.near(msg) if many else locals_by_mid.get(msg.message_id, ())
+        by_key = locals_by_key.get(key, ())
         if by_key:
             seen: dict[str, rules.LocalIn] = {}
             for local in (*by_mid, *by_key):
                 seen.setdefault(local.key, local)
             candidates = list(seen.values())
-        else:  # the usual case: locations by Message-ID only, each listed once
-            candidates = by_mid
-        peers = _peers(conn, now, addresses, groups, key, view) if any(
-            c5_match(msg, c.msg) for c in candidates) else []
+            peers = _peers(conn, now, addresses, groups, key, view) if any(
+                c5_match(msg, c.msg) for c in candidates) else []
+        else:  # the usual case: locations by Message-ID only, each listed once; both sides
+            candidates, peers = by_mid, []  # have one, so none C5-matches and no peer counts
         decision = rules.decide_entry(entry, candidates, peers, delivered, event.calendar_items)
         outcomes.append((event.id, mailbox, entry.key, decision.outcome))
         if decision.action is None:
@@ -167,14 +168,40 @@ class _ByTime:
         return self.timed[low:high] + self.untimed
 
 
-def _candidates(conn, event: Event, addresses: list[str], batch: list,
-                view: directory_mod.DirectoryView) -> tuple[dict, dict]:
+CROWDED_KEPT = 50_000  # locations of crowded Message-IDs kept from one chunk to the next
+
+
+@dataclass
+class _Crowded:
+    """Message-IDs on more than MANY_WITH_ONE_ID locations, read once in a reconcile and
+    kept for its later chunks while they hold at most CROWDED_KEPT locations (a chunk
+    that read them again read 38,000 rows more of a million-item mailbox)."""
+    kept: dict[str, _ByTime] = field(default_factory=dict)
+    held: int = 0
+
+    def sort(self, by_mid: dict[str, list[rules.LocalIn]]) -> dict[str, _ByTime]:
+        """Crowded ids out of `by_mid`, each kept or, past the budget, returned for this chunk."""
+        chunk = {}
+        for mid in [mid for mid, found in by_mid.items() if len(found) > MANY_WITH_ONE_ID]:
+            timed = _ByTime(by_mid.pop(mid))
+            if self.held + len(timed.every) <= CROWDED_KEPT:
+                self.kept[mid] = timed
+                self.held += len(timed.every)
+            else:
+                chunk[mid] = timed
+        return chunk
+
+
+def _candidates(conn, event: Event, addresses: list[str], batch: list, view: directory_mod.DirectoryView,
+                crowded: _Crowded) -> tuple[dict, dict, dict]:
     """Local locations in received-mail folders that share a Message-ID or a fallback key
     (sender by any of its addresses) with any entry of the batch, looked up through
-    temporary key tables. CROSS JOIN pins the order (keys, then the messages index, then
+    temporary key tables, and the crowded Message-IDs among them (those already kept are
+    not read again). CROSS JOIN pins the order (keys, then the messages index, then
     locations by message): left to itself the planner may scan every location of the
     mailbox instead."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    # kept: a crowded id read by an earlier chunk; its deliveries are still read (C8)
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS want_mid (message_id TEXT PRIMARY KEY, kept INTEGER) WITHOUT ROWID")
     # every_local: an entry without a Message-ID has this key, so any local may C5-match it;
     # for entries with one, only locals without one can (C5), and those with the same
     # Message-ID come by want_mid already.
@@ -182,7 +209,8 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
                  " PRIMARY KEY (sender, subject_norm)) WITHOUT ROWID")
     conn.execute("DELETE FROM want_mid")
     conn.execute("DELETE FROM want_fallback")
-    conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?)", [(r[4],) for r in batch if r[4]])
+    conn.executemany("INSERT OR IGNORE INTO want_mid VALUES (?, ?)",
+                     [(r[4], r[4] in crowded.kept) for r in batch if r[4]])
     spellings: dict[str, set[str]] = {}  # a chunk's senders repeat: each spelt once
     conn.executemany("INSERT INTO want_fallback VALUES (?, ?, ?) ON CONFLICT (sender, subject_norm)"
                      " DO UPDATE SET every_local = max(every_local, excluded.every_local)",
@@ -196,7 +224,8 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
     for row in conn.execute(
             f"SELECT {_LOCAL_COLUMNS} FROM want_mid w CROSS JOIN messages m ON m.message_id = w.message_id"
             f" CROSS JOIN locations l ON l.message = m.id JOIN sources s ON s.id = l.source_id"
-            f" WHERE l.mailbox IN ({marks}) AND l.received = 1 AND {_PRESENT}", (*addresses, event.started_at)):
+            f" WHERE w.kept = 0 AND l.mailbox IN ({marks}) AND l.received = 1 AND {_PRESENT}",
+            (*addresses, event.started_at)):
         found = msg(row[1], row[2], row[3], row[4], row[5], row[6])
         by_mid[row[1]].append(local_in(row[0], found if plain else _canonical(found, view)))
     # Keys of entries without a Message-ID: every local with the key; of entries with one:
@@ -212,7 +241,7 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list,
                 (every_local, *addresses, event.started_at)):
             local = _canonical(_msg(row, 1), view)
             by_key[(local.sender, local.subject_norm)].append(rules.LocalIn(row[0], local))
-    return by_mid, by_key
+    return by_mid, by_key, crowded.sort(by_mid)
 
 
 def _delivered(conn, event: Event, mailbox: str, batch: list, view: directory_mod.DirectoryView) -> rules.Delivered:
