@@ -18,7 +18,7 @@ _PAGE = re.compile(r"^snapshot(-\d+)?\.json$")
 MAX_PAGE_BYTES = 256 << 20  # a page of 500 entries is well under 1 MiB
 
 
-@dataclass
+@dataclass(slots=True)
 class EntryRow:
     page: int
     position: int
@@ -112,8 +112,10 @@ def _entry(entry: formats.Entry, position: int, page: int, address: str, kind: s
     base = f"$.data[{position}]"
     received = formats.check_time(entry.received, where, f"{base}.received")
     header_ts = formats.check_time(entry.headerDate, where, f"{base}.headerDate")
-    wanted = {h.name.lower(): h.values[0] for h in entry.headers if h.values}
-    resent = normalise.resent_key(wanted.get("resent-message-id"), wanted.get("resent-date"))
+    resent = None
+    if entry.headers:  # most entries list none
+        wanted = {h.name.lower(): h.values[0] for h in entry.headers if h.values}
+        resent = normalise.resent_key(wanted.get("resent-message-id"), wanted.get("resent-date"))
     content = None
     if entry.content:
         try:  # N4: only a regular file inside the snapshot folder is ever read
