@@ -234,7 +234,7 @@ def _index_exports(db: Path, mailbox: str, paths: list[Path], as_json: bool, wor
                 where = "" if error["where"] == report["path"] else f" ({error['where']})"
                 click.echo(printable(f"{report['status']}: {report['path']}{where}: {error['reason']}"), err=True)
 
-    forwarded = _via_daemon(db, {"command": "index", "mailbox": mailbox,
+    forwarded = _via_daemon(db, {"command": "index", "mailbox": mailbox, "every_file": as_json,
                                  "paths": [str(p.absolute()) for p in paths]})
     if forwarded is not None:
         for report in forwarded["reports"]:

@@ -77,6 +77,7 @@ class Admin(msgspec.Struct, tag="admin", tag_field="op"):
     event: Name | None = None
     expand_distribution_lists: bool = False
     no_local_mail: Annotated[list[Name], msgspec.Meta(max_length=MAX_MAILBOXES)] = []
+    every_file: bool = False  # index: every file's report (`--json`), not only those that failed
     outcomes: Annotated[dict[Name, Annotated[str, msgspec.Meta(max_length=500)] | None],
                         msgspec.Meta(max_length=1000)] = {}  # mimecast_apply: each address's pass
 

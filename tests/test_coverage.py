@@ -351,3 +351,27 @@ def test_c19_a_client_starting_an_event_on_the_daemon_gets_the_reply_protocol_md
         assert reply[0]["op"] == "event_started" and set(reply[0]) == {"op", "event", "deltas"}, reply
     finally:
         assert daemon.stop() == 0
+
+
+def test_index_through_the_daemon_answers_with_the_failed_files_only_unless_json(tmp_path):
+    """`syncengine index` while a daemon holds the store: the daemon indexes, and its
+    answer lists the files that failed (the command line prints only those), not a
+    report for each of a tree's thousands of good files; `--json` gets every file."""
+    _own_mail(tmp_path / "mail", 5)
+    daemon = _daemon(_config(tmp_path, ["mail"], scheduled=False))
+    db = tmp_path / "store.db"
+    try:
+        more = tmp_path / "more"
+        _own_mail(more, 300, prefix="more")
+        (more / "Inbox" / "broken.msg").write_bytes(b"not an OLE2 file")
+        request = {"command": "index", "mailbox": ALICE, "paths": [str(more)]}
+        from syncengine import cli
+        answered = cli._via_daemon(db, request)
+        assert [r["path"] for r in answered["reports"]] == [str(more / "Inbox" / "broken.msg")]
+        assert answered["summary"]["files"] == 301 and answered["summary"]["error"] == 1
+        every = cli._via_daemon(db, {**request, "every_file": True})
+        assert sorted(r["status"] for r in every["reports"]) == ["error"] + ["ok"] * 300
+        printed = run_cli("index", str(more), "--db", str(db), "--mailbox", ALICE)
+        assert printed.returncode == 3 and "broken.msg" in printed.stderr and "more-00001" not in printed.stderr
+    finally:
+        assert daemon.stop() == 0
