@@ -211,6 +211,7 @@ def part_reconcile(work: Path, pst: Path, entries: int) -> dict:
     subprocess.run([sys.executable, __file__, "--child", "snapshot", f"{pst}.truth.json", str(snapshot), str(entries)],
                    check=True)
     shutil.copy(work / "index.db", work / "run.db")  # measured first: the floors below grow this process
+    os.sync()  # the copies' writeback is not the reconcile's: its commits fsync, the floor does not
     _, _, result = run_measured([sys.executable, str(TOOLS / "bench" / "reconcile_bench.py"), "--reconcile",
                                  str(work / "run.db"), str(snapshot), OWNER, str(time.time())])
     run = json.loads(result.stdout.strip().splitlines()[-1])
@@ -260,6 +261,7 @@ def main() -> None:
         else:
             subprocess.run([sys.executable, str(TOOLS / "make_mailbox.py"), str(pst), "--messages", str(args.messages),
                             "--format", args.format, "--seed", str(SEED)], check=True, capture_output=True)
+        os.sync()  # gigabytes just written: their writeback must not slow what is measured next
         figures: dict = {"messages": args.messages}
         if "write" in parts:
             figures.update(part_write(work, args.messages))

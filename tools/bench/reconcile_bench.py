@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
@@ -161,6 +162,7 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--child", "snapshot", str(work / "snapshot.json"),
                         str(args.messages), str(args.entries), str(args.new)], check=True)
         shutil.copy(work / "base.db", work / "run.db")
+        os.sync()  # the copy's writeback is not the reconcile's: its commits fsync, the floor does not
         result = subprocess.run([sys.executable, __file__, "--reconcile", str(work / "run.db"),
                                  str(work / "snapshot.json")], capture_output=True, text=True, check=True)
         run = json.loads(result.stdout.strip().splitlines()[-1])
@@ -168,6 +170,7 @@ def main() -> None:
         shutil.copy(work / "base.db", work / "start.db")
         subprocess.run([sys.executable, __file__, "--child", "ingest", str(work / "start.db"),
                         str(work / "snapshot.json")], check=True)
+        os.sync()
         result = subprocess.run([sys.executable, __file__, "--child", "start", str(work / "start.db")],
                                 capture_output=True, text=True, check=True)
         start = json.loads(result.stdout.strip().splitlines()[-1])
