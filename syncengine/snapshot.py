@@ -141,11 +141,11 @@ def content_class(data: bytes | None) -> tuple[str, str | None]:
     return ("IPM.Note", None) if data is None else headers.class_of_mime(data)
 
 
-def store_content(source: str, content_dir: Path) -> tuple[str, bytes]:
-    """Copy an entry's raw message into the store (N1: durable before the commit that
-    names it; N4: owner only), so a client can fetch it after the snapshot folder is
-    gone. Named by the digest of the bytes read once, which are the bytes written."""
-    data = files.read_regular(Path(source))
+def store_content(data: bytes, content_dir: Path) -> str:
+    """Keep an entry's raw message in the store (N1: durable before the commit that names
+    it; N4: owner only), so a client can fetch it after the snapshot folder is gone.
+    Named by the digest of the bytes, read once by the caller, which are the bytes written.
+    A failed write (a full disk) raises OSError: the caller's snapshot is not applied."""
     target = content_dir / (hashlib.sha256(data).hexdigest()[:32] + ".eml")
     try:
         present = target.stat().st_size == len(data)
@@ -153,4 +153,4 @@ def store_content(source: str, content_dir: Path) -> tuple[str, bytes]:
         present = False
     if not present:  # content-addressed: another process storing the same bytes is success
         files.write_durable(target, data)
-    return str(target), data
+    return str(target)

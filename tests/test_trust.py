@@ -611,6 +611,96 @@ def test_n3_mail_and_peer_text_reaches_log_lines_escaped(tmp_path):
     assert "\x1b" not in log and "\x07" not in log and "evil\\x1b]0;pwned\\x07" in log
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE, which stands in for a full disk, is POSIX")
+def test_n1_a_message_whose_copy_the_store_cannot_keep_fails_its_snapshot_never_goes_out_without_content(tmp_path):
+    """The disk has room for the entries' rows but not for the copy of a 2 MB message:
+    `snapshot add` fails in one line and applies nothing (it used to apply the entry
+    with content null, as if its file had vanished); with room, the entry has its copy."""
+    import resource
+
+    snap = _snapshot(tmp_path / "snap", [_entry(1, "big.eml")])
+    body = b"".join(b"%075d\r\n" % n for n in range(27_000))
+    (snap / "big.eml").write_bytes(b"Message-ID: <m1@example.org>\r\nSubject: big\r\n\r\n" + body)
+    db = tmp_path / "store.db"
+    store.connect(db).conn.close()
+    room = db.stat().st_size + 1_000_000  # the rows fit; the 2 MB copy does not
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+    failed = subprocess.run([sys.executable, "-m", "syncengine", "snapshot", "add", str(snap), "--db", str(db)],
+                            capture_output=True, text=True, timeout=120, preexec_fn=full_disk)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert f"{snap / 'big.eml'}: the store cannot keep its copy (File too large); nothing of {snap}" in failed.stderr
+    database = store.connect(db, create=False)
+    try:
+        assert database.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+    finally:
+        database.conn.close()
+    run_cli("snapshot", "add", str(snap), "--db", str(db), check=True)
+    database = store.connect(db, create=False)
+    try:
+        (content,) = database.execute("SELECT content FROM entries").fetchone()
+    finally:
+        database.conn.close()
+    assert Path(content).read_bytes().endswith(body)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE stands in for a full disk, and prlimit on a "
+                                                 "running process gives it room again: Linux")
+def test_n1_a_disk_that_fills_under_the_daemon_loses_nothing_and_it_catches_up_once_there_is_room(tmp_path):
+    """The daemon's disk is full (RLIMIT_FSIZE) from its start: its first index, a snapshot
+    it finds in the drop folder and one the command line hands it each fail in one line,
+    the command line is answered (not left waiting), and the daemon lives on; a message
+    whose copy the store cannot keep fails its snapshot, never goes out without content.
+    Given room, the rescan indexes every message and applies the dropped snapshot, and an
+    event delivers each new entry once, with its content."""
+    import resource
+
+    config = _daemon_config(tmp_path, "rescan_interval = 1\n")
+    inbox = tmp_path / "mail" / "Inbox"
+    for n in range(1500):
+        (inbox / f"own-{n}.eml").write_bytes(f"Message-ID: <own-{n}@acme.example>\r\nDate: Mon, 02 Mar 2026 "
+                                             f"07:00:00 +0000\r\nSubject: own {n}\r\n\r\nbody\r\n".encode())
+    db = tmp_path / "store.db"
+    store.connect(db).conn.close()  # migrated: the daemon's own first writes are small
+    room = db.stat().st_size + 64_000
+    big = _snapshot(tmp_path / "big", [_entry(n, None) for n in range(3000)])  # rows past the room
+    dropped = _snapshot(tmp_path / "snapshots" / ".new", [_entry(n, "m.eml") for n in range(5000, 5003)])
+    body = b"".join(b"%075d\r\n" % n for n in range(30_000))  # its copy in the store is past the room too
+    (dropped / "m.eml").write_bytes(b"Message-ID: <m@example.org>\r\nSubject: new\r\n\r\n" + body)
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, resource.RLIM_INFINITY))
+    daemon = Proc("daemon", "--config", str(config), preexec_fn=full_disk)
+    try:
+        daemon.wait_for(lambda p: any(f"{ALICE} was not indexed: the store could not be written" in line
+                                      for line in p.err), timeout=60, what="the index failing in one line")
+        refused = run_cli("snapshot", "add", str(big), "--db", str(db))
+        assert refused.returncode == 1 and "the store could not be written" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        dropped.rename(tmp_path / "snapshots" / "new")
+        daemon.wait_for(lambda p: any("tried again at the next change, poll or rescan" in line for line in p.err),
+                        timeout=60, what="the dropped snapshot failing in one line")
+        assert daemon.popen.poll() is None and not any("Traceback" in line for line in daemon.err)
+        resource.prlimit(daemon.popen.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        daemon.wait_for(lambda p: any("ready: every mailbox" in line for line in p.err), timeout=120,
+                        what="the first read done once there is room")
+        daemon.wait_for(lambda p: any("applied snapshot" in line and "new" in line for line in p.err), timeout=60,
+                        what="the dropped snapshot applied once there is room")
+        run_cli("event", "start", "outage", "--mailbox", ALICE, "--db", str(db), check=True)
+    finally:
+        assert daemon.stop() == 0
+    database = store.connect(db, create=False)
+    try:
+        assert database.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert database.execute("SELECT count(*) FROM locations").fetchone()[0] == 1500
+        delivered = [d for d in engine.deltas(database) if d["action"] == "deliver"]
+    finally:
+        database.conn.close()
+    assert sorted(d["source"] for d in delivered) == ["mimecast:e5000", "mimecast:e5001", "mimecast:e5002"]
+    assert all(d["content"] and Path(d["content"]).read_bytes().endswith(body) for d in delivered)
+
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

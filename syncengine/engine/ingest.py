@@ -63,7 +63,7 @@ def prepare_snapshot(db: sqlite_utils.Database, path: Path, once: bool = False) 
     content_dir = files.private_dir(store_dir(db) / "content")
     conn = db.conn
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS staged_entries ({_STAGED})")
-    conn.execute("BEGIN")  # TEMP tables only: the store stays free for other writers
+    conn.execute("BEGIN")  # TEMP tables only: the store stays free for other writers (no IMMEDIATE)
     try:
         conn.execute("DELETE FROM staged_entries")
         for number, where, entries in snapshot.rows(Path(path), loaded):
@@ -75,8 +75,11 @@ def prepare_snapshot(db: sqlite_utils.Database, path: Path, once: bool = False) 
                 conn.execute("DELETE FROM staged_entries WHERE page = ?", (number,))
                 loaded.rejected.append((where, str(exc)))
             del entries  # before the next page is read
-    finally:
-        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite rolled back already after a full disk: its error is the one told
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     return Prepared(Path(path), loaded)
 
 
@@ -85,10 +88,16 @@ def _stored(row: snapshot.EntryRow, content_dir: Path, path: Path, loaded: snaps
     data = None
     if row.content:
         try:
-            row.content, data = snapshot.store_content(row.content, content_dir)
+            data = files.read_regular(Path(row.content))
         except OSError as exc:  # vanished or swapped since it was checked
             loaded.warnings.append((row.content, f"cannot read ({exc.strerror or exc}); delivered without content"))
             row.content = None
+        else:
+            try:
+                row.content = snapshot.store_content(data, content_dir)
+            except OSError as exc:  # a full disk fails the snapshot (tried again whole), never the message
+                raise OSError(exc.errno, f"{row.content}: the store cannot keep its copy ({exc.strerror or exc});"
+                                         f" nothing of {path} was applied") from exc
     if row.message_class is None:
         row.message_class, warning = snapshot.content_class(data)
         if warning:

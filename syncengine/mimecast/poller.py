@@ -416,7 +416,7 @@ def _store_contents(db: sqlite_utils.Database, folder: Path, contents: dict) -> 
     for mimecast_id, name in contents.items():
         try:
             path = files.confined(folder, name, f"{MANIFEST}: contents")
-            stored[mimecast_id], _ = snapshot.store_content(str(path), content_dir)
+            stored[mimecast_id] = snapshot.store_content(files.read_regular(path), content_dir)
         except (OSError, files.OutsideError) as exc:
             log.warning("%s: content of %s: %s", folder, files.shown(str(mimecast_id)), exc)
     return stored
