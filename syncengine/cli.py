@@ -758,7 +758,7 @@ def _via_daemon(db: Path, request: dict, idempotent: bool = False) -> dict | Non
         dealer.close()
         context.term()
     if reply.get("op") == "error":
-        _fail(reply.get("reason", "refused by the daemon"))
+        _fail(reply.get("reason", "refused by the daemon"), EXIT_STORE if reply.get("store") else EXIT_REFUSED)
     return reply["result"]
 
 

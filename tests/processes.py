@@ -20,10 +20,11 @@ from pathlib import Path
 class Proc:
     """A child process whose stdout and stderr lines are collected as they come."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, preexec_fn=None):
         self.args = args
         self.popen = subprocess.Popen([sys.executable, "-m", "syncengine", *args], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                                      stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                                      preexec_fn=preexec_fn)
         self.out: list[str] = []
         self.err: list[str] = []
         self._changed = threading.Condition()

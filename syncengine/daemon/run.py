@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,27 @@ RETRY_SECONDS = 30.0  # a file that would not open (Outlook holds it) is tried a
 # only for commits by other processes (a CLI on a tcp daemon), so it can be rare.
 DAEMON_CHECK_SECONDS = 1.0
 PROGRESS_SECONDS = 10.0  # how often a long index run logs how far it got
+
+
+# A full disk or an I/O error: SQLite has rolled the step back (store.transaction), and a
+# content copy that failed was not named by any commit. Said in one line, never a traceback.
+UNWRITABLE = (sqlite3.OperationalError, OSError)
+
+
+def unwritable(exc: BaseException) -> str:
+    return f"the store could not be written ({exc}): that step was rolled back"
+
+
+def _answered(task: Callable[[], dict], admin: bool = False) -> dict:
+    """The reply of a task a peer waits for, an error reply when the store cannot be
+    written: without one the owner's command line would wait as long as the daemon lives.
+    The owner's command line is also told it is the store's error (its exit status)."""
+    try:
+        return task()
+    except UNWRITABLE as exc:
+        log.error("%s; the peer that asked is told so", unwritable(exc))
+        reply = {"op": "error", "reason": f"{unwritable(exc)}; try again once there is room"}
+        return {**reply, "store": True} if admin else reply
 
 
 class DaemonError(Exception):
@@ -314,11 +336,21 @@ class Daemon:
             row = read.execute("SELECT phase FROM events WHERE name = ?", (event.name,)).fetchone()
             if row is None and now >= start and (event.name, "start") not in self.scheduled_done:
                 self.scheduled_done.add((event.name, "start"))
-                self.writes.put(lambda e=event: self._start(e.name, e.mailboxes, e.expand_distribution_lists, []))
+                self.writes.put(lambda e=event: self._scheduled(
+                    (e.name, "start"), lambda: self._start(e.name, e.mailboxes, e.expand_distribution_lists, [])))
             elif row and row[0] == "active" and end is not None and now >= end \
                     and (event.name, "end") not in self.scheduled_done:
                 self.scheduled_done.add((event.name, "end"))
-                self.writes.put(lambda e=event: self._end(e.name))
+                self.writes.put(lambda e=event: self._scheduled((e.name, "end"), lambda: self._end(e.name)))
+
+    def _scheduled(self, key: tuple[str, str], task: Callable[[], dict]) -> None:
+        """A scheduled start or end, due again at the scheduler's next look when the store
+        could not be written (a full disk must not cancel an event)."""
+        try:
+            task()
+        except UNWRITABLE:
+            self.scheduled_done.discard(key)
+            raise
 
     def _rescan(self) -> None:
         """Everything, as at start: what the watcher may have missed (inotify limits, network drives)."""
@@ -436,6 +468,8 @@ class Daemon:
                 except store.StoreBusy as exc:
                     log.warning("%s; the task will be tried again", exc)
                     self.writes.put(task)
+                except UNWRITABLE as exc:  # a snapshot stays unapplied, a poll comes round again
+                    log.error("%s; tried again at the next change, poll or rescan", unwritable(exc))
                 except Exception:  # one bad task never stops the daemon
                     log.exception("a write task failed")
         finally:
@@ -560,14 +594,14 @@ class Daemon:
             if request.command == "index":
                 self.indexing.put(("admin", (request, identity)))
             else:
-                self.writes.put(lambda: self.replier(identity, [self._admin(request)]))
+                self.writes.put(lambda: self.replier(identity, [_answered(lambda: self._admin(request), admin=True)]))
             return
         if isinstance(request, protocol.StartEvent):
             task = lambda: self._start(request.event, request.mailboxes, request.expand_distribution_lists,  # noqa: E731
                                        request.no_local_mail)
         else:
             task = lambda: self._end(request.event)  # noqa: E731
-        self.writes.put(lambda: self.replier(identity, [task()]))
+        self.writes.put(lambda: self.replier(identity, [_answered(task)]))
 
     def _admin(self, request: protocol.Admin) -> dict:
         """What the command line would have done on the store itself, as a result it prints."""
@@ -691,16 +725,20 @@ class Daemon:
                 try:
                     if address == "admin":  # `syncengine index` while the daemon holds the store
                         request, identity = exports
-                        replier(identity, [self._admin_index(db, request)])
+                        replier(identity, [_answered(lambda: self._admin_index(db, request), admin=True)])
                     else:
                         self._index(db, address, exports)
+                except UNWRITABLE as exc:  # the mailbox still waits for its index (C19)
+                    log.error("%s was not indexed: %s; read again at the next change or rescan", address,
+                              unwritable(exc))
                 except Exception:  # one bad export never stops the daemon
                     log.exception("indexing %s failed", address)
-                if address in self._first_pass:
-                    self._first_pass.discard(address)
-                    if not self._first_pass:  # every mailbox read once: what `status` says is whole
-                        log.info("ready: every mailbox's exports read once", extra={"phase": "ready"})
-                        systemd_notify("READY=1\nSTATUS=serving; every mailbox indexed")
+                else:  # ready says the first read is done, not that it was tried
+                    if address in self._first_pass:
+                        self._first_pass.discard(address)
+                        if not self._first_pass:  # every mailbox read once: what `status` says is whole
+                            log.info("ready: every mailbox's exports read once", extra={"phase": "ready"})
+                            systemd_notify("READY=1\nSTATUS=serving; every mailbox indexed")
         finally:
             replier.close()
             db.conn.close()
