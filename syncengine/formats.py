@@ -77,6 +77,15 @@ class SnapshotPage(msgspec.Struct):
     fail: list[Any]
 
 
+class PageToRead(msgspec.Struct):
+    """A snapshot page as it is read: its entries kept as raw JSON, each decoded (and
+    validated: decode_entry) when its row is made. A page of 440,000 entries decoded
+    whole held 600 MB of objects; as raw entries it holds its bytes."""
+    meta: Meta
+    data: list[msgspec.Raw]
+    fail: list[Any]
+
+
 # --- Directory sync ----------------------------------------------------------------------
 
 class User(msgspec.Struct):
@@ -176,6 +185,20 @@ SCHEMAS = {
     "scenario.json": Scenario,
     "delta.json": Delta,
 }
+
+
+_entries = msgspec.json.Decoder(Entry)
+
+
+def decode_entry(raw: msgspec.Raw, where: str, position: int) -> Entry:
+    """One entry of a PageToRead, validated as SnapshotPage would have: the error names
+    the file and the entry's path in the page."""
+    try:
+        return _entries.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise FormatError(f"{where}: $.data[{position}]{_path_first(str(exc))[1:]}") from None
+    except RecursionError:
+        raise FormatError(f"{where}: $.data[{position}]: JSON nested too deeply to read") from None
 
 
 def decode(data: bytes, kind: type, where: str):

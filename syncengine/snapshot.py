@@ -80,21 +80,21 @@ def rows(path: Path, result: Loaded) -> Iterator[tuple[int, str, Iterator[EntryR
             result.rejected.append((str(page_path), str(exc)))
             continue
         # each page's entries carry its own address and kind (an alias stands for its primary)
-        yield number, str(page_path), (_entry(entry, position, number, address, page.meta.snapshot.kind, folder,
-                                              str(page_path), result.warnings)
-                                       for position, entry in enumerate(page.data))
+        where, kind = str(page_path), page.meta.snapshot.kind
+        yield number, where, (_entry(formats.decode_entry(raw, where, position), position, number, address, kind,
+                                     folder, where, result.warnings)
+                              for position, raw in enumerate(page.data))
         del page  # before the next page is read
 
 
-def _page(path: Path) -> tuple[formats.SnapshotPage, str]:
-    """A page decoded and its page-level checks passed, and its address."""
+def _page(path: Path) -> tuple[formats.PageToRead, str]:
+    """A page decoded (its entries still raw) and its page-level checks passed, and its address."""
     where = str(path)
     try:
         data = files.read_regular(path, MAX_PAGE_BYTES)
     except OSError as exc:
         raise formats.FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    page = formats.decode(data, formats.SnapshotPage, where)
-    del data  # the decoded page holds copies: the bytes go before any row is made
+    page = formats.decode(data, formats.PageToRead, where)
     if page.meta.status != 200:
         raise formats.FormatError(f"{where}: $.meta.status: page status {page.meta.status}, expected 200")
     if page.fail:

@@ -64,6 +64,25 @@ def test_rejected_pages_are_shown_and_the_others_apply(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_an_entry_found_invalid_late_in_its_page_still_rejects_the_page_whole(tmp_path):
+    """Entries are decoded as their rows are made (a page's objects are never all held):
+    the third entry's bad id rejects its page, rows made before it included."""
+    folder = tmp_path / "snap"
+    folder.mkdir()
+    good = {"id": "e", "received": "2026-03-02T08:00:00Z", "from": {"emailAddress": "x@example.org"}, "subject": "s"}
+    meta = {"status": 200, "snapshot": {"address": ALICE, "kind": "mailbox"}}
+    pages = [[{**good, "id": "a1"}, {**good, "id": "a2"}, {**good, "id": 3}], [{**good, "id": "b1"}]]
+    for number, data in enumerate(pages, start=1):
+        (folder / f"snapshot-{number:04d}.json").write_text(json.dumps({"meta": meta, "data": data, "fail": []}))
+    result = run_cli("snapshot", "add", str(folder), "--db", _db(tmp_path))
+    assert result.returncode == 3 and "snapshot-0001.json: $.data[2].id: expected `str`, got `int`" in result.stderr
+    database = store.connect(_db(tmp_path), create=False)
+    try:
+        assert database.execute("SELECT entry_id FROM entries").fetchall() == [("b1",)]
+    finally:
+        database.conn.close()
+
+
 def test_stored_content_is_readable_by_the_owner_only_and_outlives_the_snapshot(tmp_path):
     snapshot = tmp_path / "snap"
     shutil.copytree(SCENARIOS / "demo" / "snapshots" / "alice-0859", snapshot)
