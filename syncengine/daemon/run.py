@@ -45,13 +45,17 @@ DAEMON_CHECK_SECONDS = 1.0
 PROGRESS_SECONDS = 10.0  # how often a long index run logs how far it got
 
 
-# A full disk or an I/O error: SQLite has rolled the step back (store.transaction), and a
-# content copy that failed was not named by any commit. Said in one line, never a traceback.
+# A full disk, an I/O error, a folder gone mid-step: SQLite has rolled the step back
+# (store.transaction), and a content copy that failed was not named by any commit. Said
+# in one line, never a traceback; the step is tried again when it comes round.
 UNWRITABLE = (sqlite3.OperationalError, OSError)
 
 
 def unwritable(exc: BaseException) -> str:
-    return f"the store could not be written ({exc}): that step was rolled back"
+    if isinstance(exc, sqlite3.OperationalError):
+        return f"the store could not be written ({exc}): that step was rolled back"
+    where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+    return f"{where}{getattr(exc, 'strerror', None) or exc}: that step was not done"
 
 
 def _answered(task: Callable[[], dict], admin: bool = False) -> dict:
@@ -62,7 +66,7 @@ def _answered(task: Callable[[], dict], admin: bool = False) -> dict:
         return task()
     except UNWRITABLE as exc:
         log.error("%s; the peer that asked is told so", unwritable(exc))
-        reply = {"op": "error", "reason": f"{unwritable(exc)}; try again once there is room"}
+        reply = {"op": "error", "reason": f"{unwritable(exc)}; try again (once there is room, if the disk is full)"}
         return {**reply, "store": True} if admin else reply
 
 
