@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -472,6 +473,13 @@ class Server:
                     " SET mailbox_seq = max(mailbox_seq, excluded.mailbox_seq), acked_at = excluded.acked_at",
                     [(client, a.mailbox, a.mailbox_seq, time.time()) for _, a, client in acks])
         except store.StoreBusy:
+            return
+        except sqlite3.OperationalError as exc:  # a full disk: rolled back; the server serves on
+            log.error("acks not recorded: the store could not be written (%s); their clients are told", exc)
+            self._acks = []
+            reason = f"the store could not be written ({exc}); the ack did not count: send it again later"
+            for identity, ack, _ in acks:
+                self._reply(identity, [{"op": "error", "reason": reason, "request": "ack"}])
             return
         self._acks = []
         for identity, ack, _ in acks:

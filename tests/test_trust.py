@@ -647,6 +647,41 @@ def test_n1_a_message_whose_copy_the_store_cannot_keep_fails_its_snapshot_never_
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE stands in for a full disk, and prlimit on a "
                                                  "running process gives it room again: Linux")
+def test_n1_an_ack_the_full_disk_refuses_is_an_error_reply_and_the_server_serves_on(tmp_path):
+    """The server cannot record an ack (its WAL cannot grow: RLIMIT_FSIZE): the client
+    hears `error` (the ack did not count, protocol.md) and the server goes on serving;
+    it used to die with the write, taking every client's notifications with it."""
+    import resource
+
+    from .test_notify import _request
+
+    db = tmp_path / "store.db"
+    store.connect(db).conn.close()
+    write_deltas(db, ALICE, 3, "ev1")
+    holder = store.connect(db, create=False)  # a reader keeps the WAL's files in place, the WAL empty
+    holder.execute("SELECT count(*) FROM deltas").fetchone()
+
+    def full_disk() -> None:  # the server's own small files fit; a WAL frame (4 KB) does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+    server = Proc("serve", "--db", str(db), "-v", preexec_fn=full_disk)
+    try:
+        server.wait_for(lambda p: any(line.startswith("serving") for line in p.err), what="the serving line")
+        where = endpoints.for_store(db)
+        ack = {"op": "ack", "client": ALICE, "mailbox": ALICE, "mailbox_seq": 2}
+        refused = _request(where, ack)[0]
+        assert refused["op"] == "error" and refused["request"] == "ack", refused
+        assert "the store could not be written" in refused["reason"] and "did not count" in refused["reason"]
+        assert _request(where, {"op": "status"})[0]["op"] == "status"
+        resource.prlimit(server.popen.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        assert _request(where, ack) == [{"op": "acked", "mailbox": ALICE, "mailbox_seq": 2}]
+        assert server.popen.poll() is None and not any("Traceback" in line for line in server.err)
+    finally:
+        holder.conn.close()
+        assert server.stop() == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE stands in for a full disk, and prlimit on a "
+                                                 "running process gives it room again: Linux")
 def test_n1_a_disk_that_fills_under_the_daemon_loses_nothing_and_it_catches_up_once_there_is_room(tmp_path):
     """The daemon's disk is full (RLIMIT_FSIZE) from its start: its first index, a snapshot
     it finds in the drop folder and one the command line hands it each fail in one line,
