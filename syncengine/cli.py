@@ -1215,9 +1215,10 @@ def apply_command(mailbox: str | None, mailbox_dir: Path, layout: str, db: Path 
     refused: "partial" (moved to Sent Items); all refused: "failed" (it stays in the
     Outbox, as "not sent"). Each is named when apply ends, and `--status` lists them.
 
-    A delivery whose content cannot be had yet, or a send the relay cannot take now (it
-    is away, refuses the login, or its certificate is not trusted: the error names the
-    host), is never acknowledged: it stays pending and is tried again with backoff (2 s,
+    A delivery whose content cannot be had yet or that the disk has no room for, or a
+    send the relay cannot take now (it is away, refuses the login, or its certificate is
+    not trusted: the error names the host), is never acknowledged: it stays pending and
+    is tried again with backoff (2 s,
     doubling to 5 min) while the deltas after it go on; `syncengine status` shows the
     client's acknowledgement behind the log meanwhile.
 

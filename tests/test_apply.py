@@ -7,6 +7,8 @@ import json
 import random
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,6 +187,44 @@ def test_n1_a_delivery_without_content_is_never_acked_unread_does_not_block_and_
         assert len(landed) == 1
         status = json.loads(run_cli("status", "--db", str(db), "--json", check=True).stdout)
         assert [(c["acked"], c["latest"]) for c in status["clients"]] == [(bare["mailbox_seq"] + 1,) * 2]
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE, which stands in for a full disk, is POSIX")
+def test_n1_a_delivery_the_full_disk_refuses_waits_for_room_and_the_deltas_after_it_go_on(tmp_path, relay):
+    """The mailbox folder has no room for a 2 MB message (RLIMIT_FSIZE): that delivery is
+    pending, never acked, its partial file gone, and the delivery after it lands (apply
+    used to stop there with "error: File too large"). With room it lands, once."""
+    import resource
+
+    mail, db = _setup(tmp_path, ["offer", "agenda"], outbox=False)
+    folder = _snapshot(tmp_path / "snap2", ["big", "after"])
+    body = b"".join(b"%075d\r\n" % n for n in range(27_000))
+    (folder / "messages" / "big.eml").write_bytes(_message("big") + body)
+    database = store.connect(db)
+    engine.add_snapshot(database, folder, engine.wall_clock())
+    engine.poll(database, engine.wall_clock() + 60)
+    big = next(d for d in engine.deltas(database) if d["message_id"] == "<big@mail.example>")
+    database.conn.close()
+    server = serve(db)
+    try:
+        def full_disk() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+        args = [sys.executable, "-m", "syncengine", "apply", "--mailbox", ALICE, "--mailbox-dir", str(mail),
+                "--db", str(db), "--once"]
+        first = subprocess.run(args, capture_output=True, text=True, timeout=120, preexec_fn=full_disk)
+        assert "Traceback" not in first.stderr and "delivered 3" in first.stdout, first.stdout + first.stderr
+        assert f"pending #{big['mailbox_seq']}: no room to write it (File too large)" in first.stdout
+        assert not list((mail / "Inbox").glob(".*.part"))
+        assert not [p for p in (mail / "Inbox").iterdir() if p.read_bytes().endswith(body)]
+        status = json.loads(run_cli("status", "--db", str(db), "--json", check=True).stdout)
+        assert [c["acked"] for c in status["clients"]] == [big["mailbox_seq"] - 1]  # held back, not lost
+        again = _apply(mail, db, None)
+        assert "delivered 1" in again.stdout and "pending" not in again.stdout, again.stdout
+        assert len([p for p in (mail / "Inbox").iterdir() if p.read_bytes().endswith(body)]) == 1
+        status = json.loads(run_cli("status", "--db", str(db), "--json", check=True).stdout)
+        assert [(c["acked"], c["latest"]) for c in status["clients"]] == [(big["mailbox_seq"] + 1,) * 2]
     finally:
         server.stop()
 

@@ -19,6 +19,7 @@ listed by `syncengine apply --status`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -320,10 +321,29 @@ def run(applier: Applier, listener, mailbox: str, stop: threading.Event, idle: f
     return applier.report
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _no_room(exc: Exception) -> str | None:
+    """Why a write found no room (the mailbox folder's disk, the journal's), or None when
+    the error is something else. Such a delta waits for room, as one without content waits."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return f"no room to write it ({exc.strerror}{': ' + str(exc.filename) if exc.filename else ''})"
+    if isinstance(exc, sqlite3.OperationalError) and "disk" in str(exc):  # "database or disk is full", I/O
+        return f"its journal entry cannot be written ({exc})"
+    return None
+
+
 def _attempt(applier: Applier, delta: dict, waiting: dict) -> bool:
     """Apply one delta: True once it is applied (now or before); False when it waits."""
     try:
-        applier.apply(delta)
+        try:
+            applier.apply(delta)
+        except (OSError, sqlite3.OperationalError) as exc:
+            why = _no_room(exc)
+            if why is None:
+                raise
+            raise Pending(why) from exc  # a delivery is named by its delta: written again, never twice
     except Pending as exc:
         seq = delta["mailbox_seq"]
         backoff = RETRY_FIRST if seq not in waiting else min(waiting[seq][2] * 2, RETRY_MAX)
