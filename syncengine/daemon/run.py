@@ -86,16 +86,16 @@ class Changes:
     """Paths that changed, marked by watchdog's thread, taken by the scheduler."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     paths: dict[str, Pending] = field(default_factory=dict)
-    retry_at: dict[Path, float] = field(default_factory=dict)  # exports that would not read
+    retry_at: dict[Path, float] = field(default_factory=dict)  # exports, drops that would not apply
     kick: threading.Event = field(default_factory=threading.Event)
 
-    def retry(self, export: Path) -> None:
+    def retry(self, path: Path) -> None:
         with self.lock:
-            self.retry_at[export] = time.monotonic() + RETRY_SECONDS
+            self.retry_at[path] = time.monotonic() + RETRY_SECONDS
         self.kick.set()
 
     def retries(self, now: float) -> tuple[list[Path], list[float]]:
-        """Exports due to be tried again, and when the others are."""
+        """Exports and drop-folder entries due to be tried again, and when the others are."""
         with self.lock:
             due = [p for p, at in self.retry_at.items() if at <= now]
             for path in due:
@@ -315,6 +315,9 @@ class Daemon:
                     upcoming.append(max(0.0, due - now) if event.name not in queued_polls else 1.0)
                 due_retries, later = self.changes.retries(monotonic)
                 self._queue_index(due_retries)
+                for path in due_retries:
+                    if path.parent == self.settings.snapshot_folder:
+                        self._drop(path, self.changes.pending())
                 upcoming += [at - monotonic for at in later]
                 upcoming += [e - now for e in self._event_times() if e > now]
                 if quiet_at is not None:
@@ -532,6 +535,10 @@ class Daemon:
         except formats.FormatError as exc:
             log.error("%s", exc)
             return
+        except UNWRITABLE as exc:  # a full disk: none of it applied; not a reason to wait for a rescan
+            log.error("%s not applied: %s; tried again in %g s", path, unwritable(exc), RETRY_SECONDS)
+            self.changes.retry(path)
+            return
         self._applied.add(path)  # the rescan need not ask again (the writer adds, the scheduler reads)
         if result is None:
             return  # applied before, by us or by whoever saw it first
@@ -733,8 +740,10 @@ class Daemon:
                     else:
                         self._index(db, address, exports)
                 except UNWRITABLE as exc:  # the mailbox still waits for its index (C19)
-                    log.error("%s was not indexed: %s; read again at the next change or rescan", address,
-                              unwritable(exc))
+                    log.error("%s was not indexed: %s; read again in %g s", address, unwritable(exc),
+                              RETRY_SECONDS)
+                    for export in exports:
+                        self.changes.retry(export)
                 except Exception:  # one bad export never stops the daemon
                     log.exception("indexing %s failed", address)
                 else:  # ready says the first read is done, not that it was tried
