@@ -36,6 +36,8 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except store.StoreError as exc:
             _fail(str(exc), EXIT_STORE)
+        except DaemonRefused as exc:
+            _fail(str(exc), exc.code)
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as cat and grep do, and keep
             # Python from complaining while it flushes the closed stdout at exit.
@@ -758,8 +760,17 @@ def _via_daemon(db: Path, request: dict, idempotent: bool = False) -> dict | Non
         dealer.close()
         context.term()
     if reply.get("op") == "error":
-        _fail(reply.get("reason", "refused by the daemon"), EXIT_STORE if reply.get("store") else EXIT_REFUSED)
+        raise DaemonRefused(reply.get("reason", "refused by the daemon"), EXIT_STORE if reply.get("store") else EXIT_REFUSED)
     return reply["result"]
+
+
+class DaemonRefused(Exception):
+    """The daemon answered a forwarded command with an error: one line and `code` for a
+    command, a failed pass for the long-running poller (which must not end on it)."""
+
+    def __init__(self, reason: str, code: int):
+        super().__init__(reason)
+        self.code = code
 
 
 def _indexing(db: Path) -> dict | None:
@@ -988,9 +999,14 @@ def mimecast_poll(config: Path | None, db: Path | None, once: bool) -> None:
             poller.apply_folder(database, folder, engine.wall_clock())
 
     def record(outcomes: dict, now: float) -> None:
-        if _via_daemon(db, {"command": "mimecast_apply", "outcomes": outcomes}, idempotent=True) is None:
-            with store.transaction(database.conn) as conn:
-                poller.record_health(conn, outcomes, now)
+        try:
+            if _via_daemon(db, {"command": "mimecast_apply", "outcomes": outcomes}, idempotent=True) is None:
+                with store.transaction(database.conn) as conn:
+                    poller.record_health(conn, outcomes, now)
+        except (DaemonRefused, sqlite3.OperationalError) as exc:  # health is a courtesy: the passes go on
+            if once:
+                raise
+            click.echo(printable(f"warning: the pass's outcome was not recorded: {exc}"), err=True)
         if not once:
             click.echo(f"pass: {sum(1 for e in outcomes.values() if e is None)} of {len(outcomes)} address(es) "
                        f"polled, {api.requests} request(s) so far")

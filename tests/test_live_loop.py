@@ -193,3 +193,39 @@ def test_a_standalone_poller_outlives_a_daemon_that_stops_answering_and_applies_
         daemon.popen.send_signal(signal.SIGCONT)
         assert poller.stop() == 0
         assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="prlimit on a running process: Linux")
+def test_a_standalone_poller_outlives_a_daemon_whose_disk_is_full_and_its_mail_lands_with_room(tmp_path, contract):
+    """Found by the soak (seed 6203): the daemon's disk filled (RLIMIT_FSIZE 0) while a
+    standalone poller forwarded its pass, the daemon answered `error`, and the poller
+    exited 1. A pass the daemon cannot take is a failed pass: a line, a backoff, and the
+    mail lands once the daemon has room again."""
+    import resource
+
+    contract.messages = [_message("before")]
+    config = _daemon_config(tmp_path, [ALICE])
+    poller_config = tmp_path / "poller.toml"
+    poller_config.write_text(_mimecast_table(tmp_path, contract, [ALICE], snapshot_folder='"snapshots"'))
+    db = tmp_path / "store.db"
+
+    def ids() -> int:
+        database = store.connect(db, create=False)
+        try:
+            return database.execute("SELECT count(DISTINCT entry_id) FROM entries").fetchone()[0]
+        finally:
+            database.conn.close()
+    daemon = _daemon(config)
+    poller = Proc("mimecast", "poll", "--config", str(poller_config), "--db", str(db))
+    try:
+        wait_until(lambda: ids() == 1, what="the first folder, applied by the daemon")
+        resource.prlimit(daemon.popen.pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+        contract.messages.append(_message("while-full"))
+        poller.wait_for(lambda p: any("the store could not be written" in line for line in p.err), timeout=60,
+                        what="the poller hearing the daemon's full disk")
+        resource.prlimit(daemon.popen.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        wait_until(lambda: ids() == 2, timeout=90, what="the mail fetched meanwhile, applied with room")
+        assert poller.popen.poll() is None and not any("Traceback" in line for line in poller.err + daemon.err)
+    finally:
+        assert poller.stop() == 0
+        assert daemon.stop() == 0
