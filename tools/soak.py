@@ -18,7 +18,8 @@ a message moved, a private one deleted, an export added to the config mid-event)
 started by the config's schedule and ended from the command line; apply clients (eml and
 Maildir) and an SMTP relay that greylists, says 421 and stalls at random; Outbox items
 written during the event; kill -9 of the daemon, the poller and the apply clients at
-seeded moments, and restarts. Exchange comes back at the event's end and delivers its
+seeded moments, and restarts; a disk that fills for seconds under two of them (no file of
+the process can grow: RLIMIT_FSIZE), then has room again. Exchange comes back at the event's end and delivers its
 queue (every message held during the event) into the exports, as it would.
 
 At the end (the post-event window closed, every client caught up) it checks, against the
@@ -39,6 +40,7 @@ import base64
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -46,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from email.parser import BytesHeaderParser
 from email.utils import formatdate
 from pathlib import Path
@@ -135,7 +137,7 @@ def make_plan(seed: int, minutes: float, mode: str) -> Plan:
                     else rng.uniform(3600, 3 * 3600) if roll < 0.95 else rng.uniform(4 * 3600, 8 * 3600))
         made.date = int(made.listed) + base + 3 * 86_400 - int(made.lag) - 5  # sent a moment before received
         if odd == "app-id":  # an application stamps one id on messages hours apart: two messages (C4)
-            made.mid = f"<notification@app.soak.example>"
+            made.mid = "<notification@app.soak.example>"
             made.date -= n * 3600
         if made.kind == "new" and rng.random() < 0.15:
             made.exchange_at = min(end_at - 0.5, made.listed + rng.uniform(-4, 8))
@@ -159,6 +161,12 @@ def make_plan(seed: int, minutes: float, mode: str) -> Plan:
         at = during()
         actions.append([at, "kill", name])
         actions.append([round(at + rng.uniform(0.5, 2.5), 1), "start", name])
+    # a disk that fills for a few seconds under one process, then has room again; its own
+    # generator, so that the rest of a seed's plan is what it was before this fault existed
+    disks = random.Random(seed + 7919)
+    for name in disks.sample(["daemon", "apply-alice", "apply-bob"] + (["poller"] if mode == "standalone" else []), 2):
+        at = round(disks.uniform(start_at + 2, end_at - 2), 1)
+        actions += [[at, "disk_full", name], [round(at + disks.uniform(2, 6), 1), "disk_room", name]]
     for what in ("pst_flicker", "pst_rewrite", "move", "delete_private", "late_export"):
         actions.append([during(), what])
     for _ in range(max(2, int(minutes))):
@@ -232,6 +240,7 @@ class World:
         self.violations: list[str] = []
         self.peak: dict[str, float] = {}
         self.killed: dict[str, int] = {}
+        self.full_since: dict[str, int] = {}  # disk full: where its stderr was when it filled
         self.log: list[str] = []
         self.stopping = threading.Event()
         self.late_added = None
@@ -375,6 +384,23 @@ class World:
             proc.kill()
             self.killed[name] = self.killed.get(name, 0) + 1
 
+    def file_size_limit(self, name: str, limit: int) -> None:
+        """RLIMIT_FSIZE of the running `name` (a process restarted meanwhile starts with room);
+        with room again, how many of its log lines said a write found none meanwhile."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.popen.poll() is None:
+            try:
+                resource.prlimit(proc.popen.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            except ProcessLookupError:
+                return
+            if limit == 0:
+                self.full_since[name] = len(proc.err)
+                self.say(f"{name}: disk full")
+            else:
+                refused = [line for line in proc.err[self.full_since.pop(name, len(proc.err)):]
+                           if any(word in line for word in ("could not be written", "no room", "too large"))]
+                self.say(f"{name}: room again ({len(refused)} log line(s) of writes refused meanwhile)")
+
     def watch(self) -> None:
         """A thread: each process's peak memory, and any death that was not injected."""
         while not self.stopping.wait(0.5):
@@ -417,6 +443,8 @@ class World:
                     self.exchange(made)
         elif what == "kill":
             self.kill(args[0])
+        elif what in ("disk_full", "disk_room"):  # no file of the process can grow, then all can
+            self.file_size_limit(args[0], 0 if what == "disk_full" else resource.RLIM_INFINITY)
         elif what == "start":
             self.start(args[0])
         elif what == "pst_flicker":  # a copy half-written for a moment, then whole again
@@ -632,7 +660,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.chmod(work, 0o700)
     print(f"soak: seed {args.seed}, {args.minutes:g} minute(s), mode {mode}, {len(plan.mails)} messages, "
-          f"{len(plan.outbox)} Outbox items, {sum(1 for a in plan.actions if a[1] == 'kill')} kills; in {work}",
+          f"{len(plan.outbox)} Outbox items, {sum(1 for a in plan.actions if a[1] == 'kill')} kills, "
+          f"{sum(1 for a in plan.actions if a[1] == 'disk_full')} full disks; in {work}",
           flush=True)
     started = time.time()
     try:
