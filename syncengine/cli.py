@@ -760,7 +760,8 @@ def _via_daemon(db: Path, request: dict, idempotent: bool = False) -> dict | Non
         dealer.close()
         context.term()
     if reply.get("op") == "error":
-        raise DaemonRefused(reply.get("reason", "refused by the daemon"), EXIT_STORE if reply.get("store") else EXIT_REFUSED)
+        raise DaemonRefused(reply.get("reason", "refused by the daemon"),
+                            EXIT_STORE if reply.get("store") else EXIT_REFUSED)
     return reply["result"]
 
 
@@ -1234,9 +1235,8 @@ def apply_command(mailbox: str | None, mailbox_dir: Path, layout: str, db: Path 
     A delivery whose content cannot be had yet or that the disk has no room for, or a
     send the relay cannot take now (it is away, refuses the login, or its certificate is
     not trusted: the error names the host), is never acknowledged: it stays pending and
-    is tried again with backoff (2 s,
-    doubling to 5 min) while the deltas after it go on; `syncengine status` shows the
-    client's acknowledgement behind the log meanwhile.
+    is tried again with backoff (2 s, doubling to 5 min) while the deltas after it go on;
+    `syncengine status` shows the client's acknowledgement behind the log meanwhile.
 
     \b
     Examples:
