@@ -928,6 +928,9 @@ def daemon(config: Path | None, log_format: str, verbose: bool) -> None:
         _fail(f"cannot start: {exc}", EXIT_STORE)
     signal.signal(signal.SIGTERM, lambda *_: (running.stop.set(), running.changes.kick.set()))
     signal.signal(signal.SIGINT, lambda *_: (running.stop.set(), running.changes.kick.set()))
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack on stderr, for a report
+        import faulthandler
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     running.run()
 
 

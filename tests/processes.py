@@ -6,6 +6,7 @@ with what it saw when the deadline passes first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,7 +64,14 @@ class Proc:
             self.popen.terminate()
             try:
                 self.popen.wait(10)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # a hang: the daemon's thread stacks, for the report
+                if self.args[0] == "daemon":
+                    seen = len(self.err)
+                    self.popen.send_signal(signal.SIGUSR1)
+                    with contextlib.suppress(AssertionError):
+                        self.wait_for(lambda p: len(p.err) > seen + 5, timeout=3, what="the stacks")
+                print(f"{' '.join(self.args)} did not stop within 10 s of SIGTERM; stderr tail:\n"
+                      + "\n".join(self.err[-60:]), flush=True)
                 self.kill()
         return self.popen.returncode
 
