@@ -179,7 +179,7 @@ class _Crowded:
     kept: dict[str, _ByTime] = field(default_factory=dict)
     held: int = 0
 
-    def sort(self, by_mid: dict[str, list[rules.LocalIn]]) -> dict[str, _ByTime]:
+    def sort_out(self, by_mid: dict[str, list[rules.LocalIn]]) -> dict[str, _ByTime]:
         """Crowded ids out of `by_mid`, each kept or, past the budget, returned for this chunk."""
         chunk = {}
         for mid in [mid for mid, found in by_mid.items() if len(found) > MANY_WITH_ONE_ID]:
@@ -241,7 +241,7 @@ def _candidates(conn, event: Event, addresses: list[str], batch: list, view: dir
                 (every_local, *addresses, event.started_at)):
             local = _canonical(_msg(row, 1), view)
             by_key[(local.sender, local.subject_norm)].append(rules.LocalIn(row[0], local))
-    return by_mid, by_key, crowded.sort(by_mid)
+    return by_mid, by_key, crowded.sort_out(by_mid)
 
 
 def _delivered(conn, event: Event, mailbox: str, batch: list, view: directory_mod.DirectoryView) -> rules.Delivered:
