@@ -19,8 +19,9 @@ started by the config's schedule and ended from the command line; apply clients 
 Maildir) and an SMTP relay that greylists, says 421 and stalls at random; Outbox items
 written during the event; kill -9 of the daemon, the poller and the apply clients at
 seeded moments, and restarts; a disk that fills for seconds under two of them (no file of
-the process can grow: RLIMIT_FSIZE), then has room again. Exchange comes back at the event's end and delivers its
-queue (every message held during the event) into the exports, as it would.
+the process can grow: RLIMIT_FSIZE), then has room again. Exchange comes back at the
+event's end and delivers its queue (every message held during the event) into the
+exports, as it would.
 
 At the end (the post-event window closed, every client caught up) it checks, against the
 plan it made: every message Mimecast held for a mailbox is in that mailbox exactly once
